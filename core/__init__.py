@@ -1,0 +1,1 @@
+"""kdlab core engine: data, models, training, config and CLI. Never imports streamlit."""

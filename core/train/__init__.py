@@ -1,0 +1,8 @@
+"""Training: one loop for every model, the tasks it runs, events and checkpoints."""
+
+from core.train.events import CancelToken, Event, EventBus
+from core.train.loop import FitResult, fit, make_optimizer
+from core.train.tasks import ClassificationTask, Task, classification_metrics, predict_logits
+
+__all__ = ["CancelToken", "ClassificationTask", "Event", "EventBus", "FitResult", "Task",
+           "classification_metrics", "fit", "make_optimizer", "predict_logits"]
