@@ -107,7 +107,10 @@ def prepare(cfg: RunConfig, out: Path | None = None) -> Prepared:
     for i, (t, label) in enumerate(zip(cfg.teachers, _unique_labels(cfg.teachers))):
         spec = ModelSpec(name=t.model, width=t.width, depth=t.depth, pretrained=t.pretrained,
                          weights_file=t.weights_file)
-        card = model_card(spec, data.num_classes, data.in_chans, data.image_size, field=f"teachers.{i}")
+        field = f"teachers.{i}.model"
+        card = model_card(spec, data.num_classes, data.in_chans, data.image_size, field=field)
+        if t.weights_file or t.pretrained:  # read the weights now: a bad file must fail before any output
+            build_model(spec, data.num_classes, data.in_chans, image_size=data.image_size, field=field)
         members.append(Member(i, t, label, card))
     return Prepared(cfg, device, data, members)
 
@@ -146,7 +149,7 @@ def train_teacher(prep: Prepared, member: Member, seed_index: int, out: Path, ev
     fingerprint = _fingerprint(member.cfg.model_dump(), cfg.data.model_dump(), cfg.train.model_dump(), seed)
     torch.manual_seed(seed)
     model = build_model(member.spec(), prep.data.num_classes, prep.data.in_chans,
-                        image_size=prep.data.image_size, field=f"teachers.{member.index}")
+                        image_size=prep.data.image_size, field=f"teachers.{member.index}.model")
     result = fit(model, ClassificationTask(cfg.train.label_smoothing), prep.data, cfg.train,
                  source=source, seed=seed, events=events, cancel=cancel, ckpt_dir=folder,
                  fingerprint=fingerprint)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from core.config import TrainConfig
@@ -89,6 +90,9 @@ def fit(model: nn.Module, task: Task, data: Any, cfg: TrainConfig, *, source: st
     result = FitResult()
     start_epoch, step, bad_epochs, best_nll = 0, 0, 0, float("inf")
     best_state: dict[str, torch.Tensor] | None = None
+    if ckpt_dir:
+        ckpt_dir = Path(ckpt_dir)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
     info = read_checkpoint_info(ckpt_dir) if ckpt_dir else None
     if info and info.get("fingerprint") == fingerprint and info.get("epoch", 0) > 0:
         restore_checkpoint(ckpt_dir, model, opt, generator, info)
@@ -97,9 +101,8 @@ def fit(model: nn.Module, task: Task, data: Any, cfg: TrainConfig, *, source: st
         result.history, result.best_epoch = info["history"], info["best_epoch"]
         result.best_val, result.seconds = info["best_val"], info["seconds"]
         result.resumed_from_epoch = start_epoch
-        if (Path(ckpt_dir) / "best.safetensors").is_file():
-            from safetensors.torch import load_file
-            best_state = {k: v.to(device) for k, v in load_file(str(Path(ckpt_dir) / "best.safetensors")).items()}
+        if (ckpt_dir / "best.safetensors").is_file():
+            best_state = {k: v.to(device) for k, v in load_file(str(ckpt_dir / "best.safetensors")).items()}
 
     train_model = _maybe_compile(model, cfg, device)
     events.emit(Event("start", source, step=step, epoch=start_epoch,
@@ -162,7 +165,7 @@ def fit(model: nn.Module, task: Task, data: Any, cfg: TrainConfig, *, source: st
                 result.best_epoch, result.best_val = epoch + 1, {"val/loss": val["nll"], "val/acc": val["acc"]}
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 if ckpt_dir:
-                    save_weights(model, Path(ckpt_dir) / "best.safetensors")
+                    save_weights(model, ckpt_dir / "best.safetensors")
             else:
                 bad_epochs += 1
                 if cfg.patience is not None and bad_epochs >= cfg.patience:

@@ -1,0 +1,23 @@
+"""Shared fixtures: tiny data and tiny models so the suite runs in minutes on 2 cores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.config import DataConfig, TrainConfig
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def shapes_bundle():
+    """400 grey 16 px images of 4 clearly distinct shapes, on the CPU."""
+    from core.data import load_data
+    return load_data(DataConfig(name="shapes", count=400, image_size=16, num_classes=4, noise=0.05),
+                     torch.device("cpu"))
+
+
+@pytest.fixture
+def quick_train() -> TrainConfig:
+    return TrainConfig(epochs=3, batch_size=32, lr=3e-3, log_every=2)
