@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.config import DataConfig, TrainConfig  # noqa: E402
 from core.data import load_data  # noqa: E402
 from core.device import resolve_device  # noqa: E402
-from core.models import ModelSpec, build_model  # noqa: E402
+from core.models import ModelSpec, build_model, count_flops  # noqa: E402
 from core.train import ClassificationTask, fit, make_optimizer  # noqa: E402
 
 
@@ -62,18 +62,20 @@ def kdlab_loop(model, data, cfg: TrainConfig) -> float:
     return time.perf_counter() - start
 
 
-def bf16_matmul_peak(device) -> float:
-    """Measured bf16 matmul TFLOP/s on this GPU (8192^3)."""
-    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
+def matmul_peak(device, dtype, n: int, reps: int) -> float:
+    """Measured dense matmul FLOP/s on this device: the ceiling the training loop is compared to."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
         a @ b
-    torch.cuda.synchronize()
-    start, reps = time.perf_counter(), 20
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
     for _ in range(reps):
         a @ b
-    torch.cuda.synchronize()
-    return 2 * 8192 ** 3 * reps / (time.perf_counter() - start) / 1e12
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n ** 3 * reps / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -85,7 +87,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=2000, help="images, for shapes")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
@@ -123,9 +125,16 @@ def main() -> None:
     for name, values in timings.items():
         seconds = statistics.median(values)
         print(f"{name:<26} {images / seconds:9.0f} images/s   ratio vs plain {reference / seconds:5.2f}x")
+    # Training costs about 3x the forward FLOPs (forward, plus backward for inputs and weights).
+    train_flops = 3 * count_flops(fresh(), plain_data.in_chans, args.image_size)
     if device.type == "cuda":
-        peak = bf16_matmul_peak(device)
-        print(f"measured bf16 matmul peak {peak:.0f} TFLOP/s")
+        peak, peak_name = matmul_peak(device, torch.bfloat16, 8192, 20), "bf16"
+    else:
+        peak, peak_name = matmul_peak(device, torch.float32, 1024, 10), "fp32"
+    best = images / min(min(v) for v in timings.values())
+    print(f"model {train_flops / 3e6:.2f} MFLOPs/image forward; best loop {best * train_flops / 1e9:.1f} "
+          f"GFLOP/s = {100 * best * train_flops / peak:.1f}% of measured {peak_name} matmul peak "
+          f"({peak / 1e9:.0f} GFLOP/s)")
 
 
 if __name__ == "__main__":

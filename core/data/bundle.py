@@ -58,6 +58,7 @@ class DataBundle:
     device: torch.device
     streaming: bool  # over the memory budget: splits stay on the CPU and batches come via a DataLoader
     num_workers: int = 0  # DataLoader workers when streaming
+    augment: bool = True  # data.augment: False turns training-time augmentation off for this data set
     _norm: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, init=False,
                                                                repr=False, compare=False)
 
@@ -140,7 +141,7 @@ class DataBundle:
                                  batch_size, drop_last, shuffle)
         for xb, yb, ib in raw:
             x = self._scaled(xb)
-            if augment:
+            if augment and self.augment:
                 x = augment_batch(x, pad=pad, flip=self.flip, generator=generator)
             yield self._standardise(x), yb, ib
 

@@ -95,4 +95,5 @@ def load_data(cfg: DataConfig, device: torch.device | str = "cpu") -> DataBundle
     return DataBundle(name=cfg.name, train=splits["train"], val=splits["val"], test=splits["test"],
                       num_classes=num_classes, in_chans=in_chans, image_size=size,
                       class_names=list(src.class_names), mean=mean, std=std, flip=src.flip,
-                      device=device, streaming=streaming, num_workers=cfg.num_workers)
+                      device=device, streaming=streaming, num_workers=cfg.num_workers,
+                      augment=cfg.augment)

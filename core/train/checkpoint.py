@@ -93,6 +93,19 @@ def read_checkpoint_info(folder: Path) -> dict[str, Any] | None:
         return None
 
 
+def _match_param_layout(opt: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor its parameter's strides.
+
+    safetensors stores contiguous tensors; a channels_last parameter with a contiguous exp_avg
+    silently gets wrong updates from the fused kernels, which walk both as flat memory.
+    """
+    for group in opt.param_groups:
+        for param in group["params"]:
+            for key, value in opt.state.get(param, {}).items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    opt.state[param][key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
+
+
 def restore_checkpoint(folder: Path, model: nn.Module, opt: torch.optim.Optimizer,
                        generator: torch.Generator, info: dict[str, Any]) -> None:
     """Load model, optimiser and RNG states saved by `save_checkpoint`."""
@@ -100,5 +113,6 @@ def restore_checkpoint(folder: Path, model: nn.Module, opt: torch.optim.Optimize
     load_weights(model, folder / "last.safetensors")
     tensors = load_file(str(folder / "last.optim.safetensors"))
     opt.load_state_dict(_unflatten_optimizer(tensors, info["optimizer"]))
+    _match_param_layout(opt)
     generator.set_state(tensors["rng.data"])
     torch.set_rng_state(tensors["rng.torch"])
