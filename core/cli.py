@@ -9,6 +9,7 @@ import click
 
 from core import config as config_mod
 from core.errors import Cancelled, KdlabError
+from core.report import format_table
 
 
 def _fail(err: KdlabError) -> None:
@@ -58,6 +59,15 @@ def format_teacher_table(teachers: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _recovery_text(recovery: dict) -> str:
+    if recovery.get("of_means") is None:
+        return "undefined (the ensemble is not more accurate than the scratch student)"
+    text = f"{recovery['of_means']:.2f} of the means"
+    if recovery.get("mean") is not None:
+        text += f"; per seed {recovery['mean']:.2f} +- {recovery['std']:.2f} (n={recovery['n']})"
+    return text
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kdlab")
 def main() -> None:
@@ -85,6 +95,8 @@ def run(config_file: str | None, preset_name: str | None, overrides: tuple[str, 
     click.echo(f"kdlab: {cfg.name} on {prep.data.name} ({len(prep.data.train)}/{len(prep.data.val)}/"
                f"{len(prep.data.test)} train/val/test images, {prep.data.num_classes} classes), "
                f"device {prep.device}, {prep.trainings} teacher training(s)", err=True)
+    for warning in prep.warnings:
+        click.echo(f"warning: {warning}", err=True)
     bars = ProgressBars(enabled=not quiet)
     cancel = CancelToken()
     try:
@@ -96,6 +108,12 @@ def run(config_file: str | None, preset_name: str | None, overrides: tuple[str, 
         click.echo("cancelled: checkpoints are kept; run the same command again to resume", err=True)
         sys.exit(130)
     click.echo(format_teacher_table(results["teachers"]))
+    click.echo("")
+    click.echo(format_table(results["comparison"]))
+    summary = results["summary"]
+    recovery = summary["gain_recovery"]
+    click.echo(f"\nstudent/teacher params {summary['student_to_teacher_params']:.2f}x; distilled from "
+               f"ensemble/{summary['target_scheme']}; gain recovery {_recovery_text(recovery)}")
     click.echo(f"\nresults: {Path(out) / 'results.json'}  ({results['seconds']:.1f} s)")
 
 

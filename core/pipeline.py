@@ -23,13 +23,21 @@ from typing import Any
 import torch
 import yaml
 
+from torch import nn
+
+from core import report
+from core.bench import ensemble_cost, measure
+from core.cache import SPLITS, CacheStats, file_hash, teacher_logits
 from core.config import RunConfig, TeacherConfig
 from core.data import DataBundle, load_data
 from core.device import precision_for, resolve_device
-from core.errors import ConfigError, OutputError
+from core.ensemble import Combined, combine, list_combiners
+from core.errors import Cancelled, ConfigError, KdlabError, OutputError
+from core.evaluate import gain_recovery_over_seeds, logits_metrics, probs_metrics
 from core.models import ModelSpec, build_model, model_card
-from core.train import (CancelToken, ClassificationTask, Event, EventBus, classification_metrics, fit,
-                        predict_logits)
+from core.distill import list_kd_losses
+from core.students import residual_weights, student_spec, train_student
+from core.train import CancelToken, ClassificationTask, Event, EventBus, fit, predict_logits
 from core.train.checkpoint import save_weights
 
 RESULTS_SCHEMA_VERSION = 1
@@ -57,6 +65,8 @@ class Prepared:
     device: torch.device
     data: DataBundle
     members: list[Member] = field(default_factory=list)
+    student: dict[str, Any] = field(default_factory=dict)  # the student's model card
+    warnings: list[str] = field(default_factory=list)  # allowed but probably unintended settings
 
     @property
     def trainings(self) -> int:
@@ -98,6 +108,12 @@ def prepare(cfg: RunConfig, out: Path | None = None) -> Prepared:
     """Run every input check; raises a KdlabError naming the field before anything is written."""
     if out is not None:
         check_output_dir(out, cfg)
+    if cfg.ensemble.scheme not in list_combiners():
+        raise ConfigError("ensemble.scheme", f"unknown scheme '{cfg.ensemble.scheme}'",
+                          f"pick one of {', '.join(list_combiners())}")
+    if cfg.distill.loss not in list_kd_losses():
+        raise ConfigError("distill.loss", f"unknown loss '{cfg.distill.loss}'",
+                          f"pick one of {', '.join(list_kd_losses())}")
     device = resolve_device(cfg.device)
     data = load_data(cfg.data, device)
     if cfg.train.batch_size > len(data.train):
@@ -112,7 +128,15 @@ def prepare(cfg: RunConfig, out: Path | None = None) -> Prepared:
         if t.weights_file or t.pretrained:  # read the weights now: a bad file must fail before any output
             build_model(spec, data.num_classes, data.in_chans, image_size=data.image_size, field=field)
         members.append(Member(i, t, label, card))
-    return Prepared(cfg, device, data, members)
+    student = model_card(student_spec(cfg), data.num_classes, data.in_chans, data.image_size,
+                         field="student.model")
+    prep = Prepared(cfg, device, data, members, student)
+    smallest = min(members, key=lambda m: m.card["params"])
+    if student["params"] > smallest.card["params"]:
+        prep.warnings.append(f"student.model: the student ({student['params'] / 1e6:.2f}M params) is larger "
+                             f"than teacher {smallest.label} ({smallest.card['params'] / 1e6:.2f}M); "
+                             "distillation usually aims at a smaller model (lower student.width)")
+    return prep
 
 
 def _fingerprint(*parts: Any) -> str:
@@ -140,7 +164,7 @@ class JsonlWriter:
 
 
 def train_teacher(prep: Prepared, member: Member, seed_index: int, out: Path, events: EventBus,
-                  cancel: CancelToken) -> dict[str, Any]:
+                  cancel: CancelToken) -> tuple[dict[str, Any], nn.Module]:
     """Train one teacher draw (or resume it) and evaluate it on test."""
     cfg = prep.cfg
     seed = cfg.seed + 1000 * member.index + seed_index
@@ -156,18 +180,125 @@ def train_teacher(prep: Prepared, member: Member, seed_index: int, out: Path, ev
     save_weights(model, folder / "model.safetensors")
     logits, y = predict_logits(model, prep.data.batches("test", 1024, shuffle=False, augment=False),
                                prep.device, precision_for(prep.device))
-    test = classification_metrics(logits, y)
+    test = logits_metrics(logits, y)
     return {"name": member.label, "model": member.cfg.model, "seed": seed_index,
             "params": member.card["params"], "flops": member.card["flops"],
-            "test_acc": test["acc"], "test_nll": test["nll"], "train_seconds": result.seconds,
+            "test_acc": test["acc"], "test_nll": test["nll"], "test_ece": test["ece"],
+            "train_seconds": result.seconds,
             "best_epoch": result.best_epoch, "epochs_run": len(result.history),
             "val_acc": result.best_val.get("val/acc"), "val_nll": result.best_val.get("val/loss"),
-            "history": result.history, "weights": str((folder / "model.safetensors").relative_to(out))}
+            "history": result.history, "weights": str((folder / "model.safetensors").relative_to(out)),
+            "weights_hash": file_hash(folder / "model.safetensors")}, model
+
+
+def ensemble_stage(prep: Prepared, stack: dict[str, torch.Tensor], events: EventBus
+                   ) -> tuple[list[dict[str, Any]], dict[str, Combined]]:
+    """Combine the teacher draws with every registered scheme and evaluate each on test.
+
+    A scheme that cannot be fitted (e.g. a val split too small) is reported with its error; the
+    others go on.
+    """
+    entries, combined = [], {}
+    val_y, test_y = prep.data.val.y, prep.data.test.y
+    for scheme in list_combiners():
+        try:
+            result = combine(scheme, stack, val_y)
+        except KdlabError as err:
+            events.emit(Event("info", f"ensemble/{scheme}", message=f"skipped: {err}"))
+            entries.append({"scheme": scheme, "error": str(err)})
+            continue
+        combined[scheme] = result
+        test = probs_metrics(result.probs["test"], test_y)
+        entry = {"scheme": scheme, "test_acc": test["acc"], "test_nll": test["nll"], "test_ece": test["ece"],
+                 "test_brier": test["brier"], "members": stack["test"].shape[0]}
+        if result.global_weights is not None:
+            entry["global_weights"] = [float(w) for w in result.global_weights]
+        if result.weights is not None:
+            entry["mean_example_weights"] = [float(w) for w in result.weights["test"].mean(dim=0)]
+        entry["info"] = {k: v for k, v in result.info.items() if isinstance(v, (int, float, str, bool))}
+        entries.append(entry)
+    scheme = prep.cfg.ensemble.scheme
+    if scheme not in combined:
+        reason = next(e["error"] for e in entries if e["scheme"] == scheme)
+        raise ConfigError("ensemble.scheme", f"'{scheme}' cannot be the distillation target ({reason})",
+                          f"pick one of {', '.join(combined)}")
+    return entries, combined
+
+
+def student_stage(prep: Prepared, target: torch.Tensor, out: Path, events: EventBus,
+                  cancel: CancelToken) -> tuple[list[dict[str, Any]], dict[str, nn.Module]]:
+    """Scratch and distilled students for every seed; `rounds` > 1 adds residual re-weighting rounds."""
+    cfg = prep.cfg
+    fingerprint = _fingerprint(cfg.student.model_dump(), cfg.data.model_dump(), cfg.train.model_dump(),
+                               cfg.distill.model_dump(), cfg.ensemble.model_dump(),
+                               [m.cfg.model_dump() for m in prep.members], cfg.seed)
+    entries, models = [], {}
+    for s in range(cfg.student.seeds):
+        scratch = train_student(cfg, prep.data, "scratch", s, out, events, cancel, fingerprint=fingerprint)
+        entries.append(scratch.entry)
+        models["scratch"] = scratch.model
+        weights = None
+        for r in range(1, cfg.distill.rounds + 1):
+            kd = train_student(cfg, prep.data, "kd", s, out, events, cancel, target=target, weights=weights,
+                               round_index=r, fingerprint=fingerprint)
+            entries.append(kd.entry)
+            models["kd"] = kd.model
+            if r < cfg.distill.rounds:
+                train_logits, _ = predict_logits(kd.model, prep.data.batches("train", 1024, shuffle=False,
+                                                                             augment=False),
+                                                 prep.device, precision_for(prep.device))
+                weights = residual_weights(target, train_logits)
+    return entries, models
+
+
+def comparison_stage(prep: Prepared, teachers: list[dict[str, Any]], teacher_models: dict[str, nn.Module],
+                     ensembles: list[dict[str, Any]], students: list[dict[str, Any]],
+                     student_models: dict[str, nn.Module]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """One row per method with accuracy, NLL (mean +- std over seeds), ECE and measured cost."""
+    data, device = prep.data, prep.device
+    cost_of = {label: measure(model, data.in_chans, data.image_size, device)
+               for label, model in teacher_models.items()}
+    rows = []
+    for member in prep.members:
+        draws = [t for t in teachers if t["name"] == member.label]
+        rows.append(report.row(member.label, "teacher", draws, cost_of[member.label],
+                               sum(t["train_seconds"] for t in draws)))
+    # An ensemble runs every teacher draw: its cost is the sum of its members' (each draw costs its model's).
+    ens_cost = ensemble_cost([cost_of[t["name"]] for t in teachers])
+    teacher_seconds = sum(t["train_seconds"] for t in teachers)
+    for e in ensembles:
+        if "error" not in e:
+            rows.append(report.row(f"ensemble/{e['scheme']}", "ensemble", [e], ens_cost, teacher_seconds))
+    student_cost = measure(student_models["scratch"], data.in_chans, data.image_size, device)
+    scratch = [s for s in students if s["kind"] == "scratch"]
+    rows.append(report.row("student/scratch", "student", scratch, student_cost,
+                           sum(s["train_seconds"] for s in scratch)))
+    rounds = sorted({s["round"] for s in students if s["kind"] == "kd"})
+    for r in rounds:
+        kd = [s for s in students if s["kind"] == "kd" and s["round"] == r]
+        name = "student/kd" if len(rounds) == 1 else f"student/kd-round{r}"
+        rows.append(report.row(name, "student", kd, student_cost,
+                               teacher_seconds + sum(s["train_seconds"] for s in kd)))
+    target = next(e for e in ensembles if e["scheme"] == prep.cfg.ensemble.scheme)
+    last_kd = [s for s in students if s["kind"] == "kd" and s["round"] == rounds[-1]]
+    recovery = gain_recovery_over_seeds([s["test_acc"] for s in last_kd], [s["test_acc"] for s in scratch],
+                                        target["test_acc"])
+    student_params = student_cost.params
+    mean_teacher_params = sum(cost_of[m.label].params for m in prep.members) / len(prep.members)
+    summary = {"target_scheme": prep.cfg.ensemble.scheme, "gain_recovery": recovery,
+               "student_params": student_params,
+               "student_to_teacher_params": student_params / mean_teacher_params,
+               "student_to_ensemble_params": student_params / ens_cost.params}
+    return rows, summary
 
 
 def run_experiment(prep: Prepared, out: Path, events: EventBus | None = None,
                    cancel: CancelToken | None = None) -> dict[str, Any]:
-    """Train every teacher draw, evaluate on test, and write config, events and results into `out`."""
+    """Teachers -> logit cache -> ensembles -> students -> comparison, written into `out` as it goes.
+
+    results.json is rewritten after every stage, so a failure in a later stage keeps the earlier
+    stages' results.
+    """
     out = Path(out)
     events = events or EventBus()
     cancel = cancel or CancelToken()
@@ -176,22 +307,54 @@ def run_experiment(prep: Prepared, out: Path, events: EventBus | None = None,
     writer = JsonlWriter(out / "events.jsonl")
     events.subscribe(writer)
     started = time.time()
+    results: dict[str, Any] = {
+        "schema_version": RESULTS_SCHEMA_VERSION, "name": prep.cfg.name, "dataset": prep.data.summary(),
+        "device": str(prep.device), "torch": torch.__version__, "status": "running"}
+
+    def save(status: str = "running") -> None:
+        results["status"] = status
+        results["seconds"] = time.time() - started
+        _atomic_json(results, out / "results.json")
+
     try:
         events.emit(Event("stage", "teachers", message=f"training {prep.trainings} teacher draw(s)",
                           metrics={"trainings": prep.trainings}))
-        teachers = [train_teacher(prep, m, s, out, events, cancel)
-                    for m in prep.members for s in range(m.cfg.seeds)]
-        results = {
-            "schema_version": RESULTS_SCHEMA_VERSION,
-            "name": prep.cfg.name,
-            "dataset": prep.data.summary(),
-            "device": str(prep.device),
-            "torch": torch.__version__,
-            "teachers": teachers,
-            "seconds": time.time() - started,
-        }
-        _atomic_json(results, out / "results.json")
+        teachers, teacher_models, member_logits = [], {}, []
+        stats = CacheStats()
+        for m in prep.members:
+            for s in range(m.cfg.seeds):
+                entry, model = train_teacher(prep, m, s, out, events, cancel)
+                teachers.append(entry)
+                teacher_models.setdefault(m.label, model)
+                member_logits.append(teacher_logits(model, entry["weights_hash"], prep.data, out / "cache", stats))
+        results["teachers"] = teachers
+        results["logit_cache"] = {"hits": stats.hits, "misses": stats.misses}
+        save()
+
+        events.emit(Event("stage", "ensembles", message="combining teachers"))
+        stack = {split: torch.stack([logits[split] for logits in member_logits]) for split in SPLITS}
+        ensembles, combined = ensemble_stage(prep, stack, events)
+        results["ensembles"] = ensembles
+        save()
+
+        events.emit(Event("stage", "students", message=f"training {prep.cfg.student.seeds} scratch and "
+                          f"{prep.cfg.student.seeds * prep.cfg.distill.rounds} distilled student(s)"))
+        target = combined[prep.cfg.ensemble.scheme].probs["train"]
+        students, student_models = student_stage(prep, target, out, events, cancel)
+        results["students"] = students
+        save()
+
+        events.emit(Event("stage", "comparison", message="measuring cost"))
+        results["comparison"], results["summary"] = comparison_stage(
+            prep, teachers, teacher_models, ensembles, students, student_models)
+        save("done")
         events.emit(Event("stage", "run", message="done", metrics={"seconds": results["seconds"]}))
         return results
+    except Cancelled:
+        save("cancelled")
+        raise
+    except Exception:
+        save("failed")
+        raise
     finally:
         writer.close()

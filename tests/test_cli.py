@@ -19,7 +19,9 @@ from core.cli import main
 # A run small enough for seconds on 2 cores: tiny shapes data, two tiny teachers, one epoch each.
 QUICK = ["--preset", "digits-demo", "--set", "data.name=shapes", "--set", "data.count=200",
          "--set", "data.image_size=16", "--set", "train.epochs=1", "--set", "train.batch_size=32",
-         "--set", "teachers=[{model: resnet10t, width: 0.25}, {model: test_resnet}]", "--quiet"]
+         "--set", "teachers=[{model: resnet10t, width: 0.25}, {model: test_resnet}]",
+         "--set", "student.model=test_byobnet", "--set", "student.width=null", "--set", "student.seeds=1",
+         "--quiet"]
 
 
 def invoke(*args: str):

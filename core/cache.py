@@ -1,0 +1,81 @@
+"""Teacher-logit cache: each teacher's logits on every split, computed once and reused.
+
+A teacher draw is identified by the SHA-256 of its weights file; the cache entry also depends on the
+data (name, split sizes, split seed, image size), so a changed teacher or data set misses and
+recomputes, and anything else (temperature, alpha, weighting, student, seeds) hits. Entries live in
+`<run>/cache/<key>.safetensors` with one tensor per split ("train", "val", "test"), fp32 (N, K).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from core.device import precision_for
+from core.train.tasks import predict_logits
+
+SPLITS = ("train", "val", "test")
+
+
+def file_hash(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    """First 16 hex digits of the SHA-256 of a file (a checkpoint's identity)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk_bytes):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def data_key(data) -> str:
+    """What the logits depend on besides the weights: the data set and its split."""
+    summary = {k: v for k, v in data.summary().items() if k not in ("device", "streaming")}
+    return json.dumps(summary, sort_keys=True)
+
+
+def cache_key(weights_hash: str, data) -> str:
+    """Cache file stem for one teacher draw on one data split."""
+    blob = f"{weights_hash}|{data_key(data)}".encode()
+    return f"{weights_hash}-{hashlib.sha256(blob).hexdigest()[:8]}"
+
+
+@dataclass
+class CacheStats:
+    """How many teacher draws were served from disk (hits) or recomputed (misses)."""
+
+    hits: int = 0
+    misses: int = 0
+
+
+def teacher_logits(model: nn.Module, weights_hash: str, data, folder: Path,
+                   stats: CacheStats | None = None) -> dict[str, torch.Tensor]:
+    """Logits (fp32, on the data's device) of one teacher on every split, from the cache if present."""
+    folder = Path(folder)
+    path = folder / f"{cache_key(weights_hash, data)}.safetensors"
+    if path.is_file():
+        try:
+            cached = load_file(str(path))
+            if all(cached[s].shape[0] == len(getattr(data, s)) for s in SPLITS):
+                if stats:
+                    stats.hits += 1
+                return {s: cached[s].to(data.device) for s in SPLITS}
+        except Exception:  # noqa: BLE001 - an unreadable cache entry is recomputed, never fatal
+            pass
+    precision = precision_for(data.device)
+    logits = {}
+    for split in SPLITS:
+        batches = data.batches(split, 1024, shuffle=False, augment=False)
+        logits[split], _ = predict_logits(model, batches, data.device, precision)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({s: t.detach().cpu().contiguous() for s, t in logits.items()}, str(tmp))
+    os.replace(tmp, path)
+    if stats:
+        stats.misses += 1
+    return logits

@@ -1,0 +1,81 @@
+"""Student stage: a scratch student (hard labels) and a distilled student per seed, same budget.
+
+Both students of a seed start from the same initial weights and see the same batches, so the
+difference between them is the distillation target alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.config import RunConfig
+from core.device import precision_for
+from core.distill.task import DistillationTask
+from core.evaluate import logits_metrics
+from core.models import ModelSpec, build_model
+from core.train import CancelToken, ClassificationTask, EventBus, fit, predict_logits
+from core.train.checkpoint import save_weights
+
+STUDENT_SEED_OFFSET = 500_000  # keeps student seeds apart from teacher seeds (seed + 1000 * member)
+
+
+def student_spec(cfg: RunConfig) -> ModelSpec:
+    """The student's model spec from the config."""
+    return ModelSpec(cfg.student.model, width=cfg.student.width, depth=cfg.student.depth)
+
+
+@dataclass
+class StudentRun:
+    """One trained student: its results entry and the model (for cost measurement)."""
+
+    entry: dict[str, Any]
+    model: nn.Module
+    test_logits: torch.Tensor
+
+
+def train_student(cfg: RunConfig, data, kind: str, seed_index: int, out: Path, events: EventBus,
+                  cancel: CancelToken, target: torch.Tensor | None = None,
+                  weights: torch.Tensor | None = None, round_index: int = 1,
+                  fingerprint: str = "") -> StudentRun:
+    """Train one student: kind 'scratch' (hard labels) or 'kd' (distilled from `target`)."""
+    seed = cfg.seed + STUDENT_SEED_OFFSET + seed_index
+    label = kind if kind == "scratch" else f"kd-r{round_index}"
+    source = f"student/{label}/s{seed_index}"
+    folder = Path(out) / "students" / f"{label}_s{seed_index}"
+    torch.manual_seed(seed)
+    model = build_model(student_spec(cfg), data.num_classes, data.in_chans, image_size=data.image_size,
+                        field="student.model")
+    if kind == "scratch":
+        task = ClassificationTask(cfg.train.label_smoothing)
+    else:
+        task = DistillationTask(target, cfg.distill.temperature, cfg.distill.alpha, cfg.distill.loss, weights)
+    result = fit(model, task, data, cfg.train, source=source, seed=seed, events=events, cancel=cancel,
+                 ckpt_dir=folder, fingerprint=f"{fingerprint}|{label}|{seed}")
+    save_weights(model, folder / "model.safetensors")
+    logits, y = predict_logits(model, data.batches("test", 1024, shuffle=False, augment=False),
+                               data.device, precision_for(data.device))
+    test = logits_metrics(logits, y)
+    entry = {"kind": kind, "round": round_index if kind == "kd" else None, "seed": seed_index,
+             "test_acc": test["acc"], "test_nll": test["nll"], "test_ece": test["ece"],
+             "train_seconds": result.seconds, "best_epoch": result.best_epoch,
+             "history": result.history, "weights": str((folder / "model.safetensors").relative_to(out))}
+    return StudentRun(entry, model, logits)
+
+
+def residual_weights(target: torch.Tensor, student_logits: torch.Tensor, floor: float = 0.1) -> torch.Tensor:
+    """Per-example weights from the student's residual KL(target || student), mean 1.
+
+    A floor (share of the mean) keeps every example in play: an example the student already fits
+    still counts `floor` as much as an average one, so the next round does not forget it.
+    """
+    log_q = torch.log_softmax(student_logits.float(), dim=1)
+    p = target.float()
+    kl = (p * (p.clamp_min(1e-12).log() - log_q)).sum(dim=1).clamp_min(0.0)
+    w = kl / kl.mean().clamp_min(1e-12)
+    w = floor + (1 - floor) * w
+    return w / w.mean()
