@@ -52,7 +52,7 @@ def test_registry_lists_every_scheme_with_a_formula():
 
 
 def test_adding_a_scheme_is_one_function(monkeypatch):
-    monkeypatch.setattr(ens_registry, "_COMBINERS", dict(ens_registry._COMBINERS))
+    monkeypatch.setattr(ens_registry._COMBINERS, "_entries", dict(ens_registry._COMBINERS._entries))
 
     @register_combiner("first_member")
     def first_member(logits, val_labels=None):

@@ -9,6 +9,7 @@ import torch
 
 from core.config import DataConfig
 from core.errors import DataError
+from core.registry import Registry
 
 
 @dataclass
@@ -29,28 +30,19 @@ class SourceData:
 
 
 Loader = Callable[[DataConfig], SourceData]
-_LOADERS: dict[str, Loader] = {}
+_LOADERS: Registry[Loader] = Registry("data set", "data.name", DataError)
 
 
 def register_dataset(name: str) -> Callable[[Loader], Loader]:
     """Decorator: make `fn(cfg) -> SourceData` loadable as data.name = `name`."""
-    def deco(fn: Loader) -> Loader:
-        if name in _LOADERS and _LOADERS[name] is not fn:
-            raise ValueError(f"data set '{name}' is registered twice")
-        _LOADERS[name] = fn
-        return fn
-    return deco
+    return _LOADERS.decorator(name)
 
 
 def list_datasets() -> list[str]:
     """Registered data set names, in registration order (the embedded default first)."""
-    return list(_LOADERS)
+    return _LOADERS.names()
 
 
 def get_loader(name: str) -> Loader:
     """The loader of data set `name`, or a DataError listing the choices."""
-    try:
-        return _LOADERS[name]
-    except KeyError:
-        raise DataError("data.name", f"unknown data set '{name}'",
-                        f"pick one of {', '.join(list_datasets())}") from None
+    return _LOADERS.get(name)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from core.errors import ConfigError
+from core.registry import Registry
 
 # Floor for target log-probabilities: a probability that underflowed to 0 gives log 0 = -inf, and
 # -inf * 0 is NaN inside a KL. exp(-1e4) is 0 in every float format, so the floor changes nothing else.
@@ -25,30 +26,20 @@ LOG_FLOOR = -1e4
 # fn(student_logits (N, K), target log-probs at T (N, K), labels (N,) or None, T, weights (N,) or None,
 # **kw) -> {"kd": scalar, extras...}. The KD term is already T^2-scaled and batch-reduced.
 KdFn = Callable[..., dict[str, Tensor]]
-_LOSSES: dict[str, KdFn] = {}
+_LOSSES: Registry[KdFn] = Registry("distillation loss", "distill.loss", ConfigError)
 
 
 def register_kd_loss(name: str) -> Callable[[KdFn], KdFn]:
     """Decorator: make a KD term available as distill.loss = `name`."""
-    def deco(fn: KdFn) -> KdFn:
-        if name in _LOSSES and _LOSSES[name] is not fn:
-            raise ValueError(f"distillation loss '{name}' is registered twice")
-        _LOSSES[name] = fn
-        return fn
-    return deco
+    return _LOSSES.decorator(name)
 
 
 def list_kd_losses() -> list[str]:
     """Registered distillation loss names, in registration order (the default first)."""
-    return list(_LOSSES)
+    return _LOSSES.names()
 
 
-def _get(name: str) -> KdFn:
-    try:
-        return _LOSSES[name]
-    except KeyError:
-        raise ConfigError("distill.loss", f"unknown distillation loss '{name}'",
-                          f"pick one of {', '.join(list_kd_losses())}") from None
+_get = _LOSSES.get
 
 
 def kd_loss_doc(name: str) -> str:

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from core.errors import ConfigError
+from core.registry import Registry
 from core.ensemble.checks import check_member_logits, check_val
 
 
@@ -34,32 +35,25 @@ class _Entry:
     fits_on_val: bool
 
 
-_COMBINERS: dict[str, _Entry] = {}
+_COMBINERS: Registry[_Entry] = Registry("ensemble scheme", "ensemble.scheme", ConfigError)
 
 
 def register_combiner(name: str, *, fits_on_val: bool = False) -> Callable[[Combiner], Combiner]:
     """Decorator: make `fn(logits, val_labels) -> Combined` available as ensemble.scheme = `name`."""
     def deco(fn: Combiner) -> Combiner:
-        if name in _COMBINERS and _COMBINERS[name].fn is not fn:
-            raise ValueError(f"ensemble combiner '{name}' is registered twice")
         if not inspect.getdoc(fn):
             raise ValueError(f"ensemble combiner '{name}' needs a docstring with its formula")
-        _COMBINERS[name] = _Entry(fn, fits_on_val)
+        _COMBINERS.add(name, _Entry(fn, fits_on_val), identity=fn)
         return fn
     return deco
 
 
 def list_combiners() -> list[str]:
     """Registered scheme names, in registration order."""
-    return list(_COMBINERS)
+    return _COMBINERS.names()
 
 
-def _entry(name: str) -> _Entry:
-    try:
-        return _COMBINERS[name]
-    except KeyError:
-        raise ConfigError("ensemble.scheme", f"unknown ensemble scheme '{name}'",
-                          f"pick one of {', '.join(list_combiners())}") from None
+_entry = _COMBINERS.get
 
 
 def fits_on_val(name: str) -> bool:
