@@ -90,3 +90,12 @@ def test_unknown_scheme_or_loss_is_refused_before_anything_runs():
 def test_student_larger_than_a_teacher_is_warned():
     prep = prepare(config.load(overrides=TINY + ["student.model=resnet18"]))
     assert any(w.startswith("student.model") for w in prep.warnings)
+
+
+def test_residual_rounds_are_reported_one_row_each(tmp_path):
+    cfg = config.load(overrides=TINY + ["student.seeds=1", "distill.rounds=2", "train.epochs=1",
+                                        "teachers=[{model: test_resnet}]"])
+    results = run_experiment(prepare(cfg, tmp_path), tmp_path)
+    assert [(s["kind"], s["round"]) for s in results["students"]] == [("scratch", None), ("kd", 1), ("kd", 2)]
+    methods = [r["method"] for r in results["comparison"]]
+    assert methods[-2:] == ["student/kd-round1", "student/kd-round2"]
