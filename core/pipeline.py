@@ -53,8 +53,13 @@ class Member:
     card: dict[str, Any]
 
     def spec(self) -> ModelSpec:
-        return ModelSpec(name=self.cfg.model, width=self.cfg.width, depth=self.cfg.depth,
-                         pretrained=self.cfg.pretrained, weights_file=self.cfg.weights_file)
+        return teacher_spec(self.cfg)
+
+
+def teacher_spec(t: TeacherConfig) -> ModelSpec:
+    """A teacher's model spec from its config entry."""
+    return ModelSpec(name=t.model, width=t.width, depth=t.depth, pretrained=t.pretrained,
+                     weights_file=t.weights_file)
 
 
 @dataclass
@@ -121,8 +126,7 @@ def prepare(cfg: RunConfig, out: Path | None = None) -> Prepared:
                           f"({len(data.train)} images)", f"set train.batch_size to at most {len(data.train)}")
     members = []
     for i, (t, label) in enumerate(zip(cfg.teachers, _unique_labels(cfg.teachers))):
-        spec = ModelSpec(name=t.model, width=t.width, depth=t.depth, pretrained=t.pretrained,
-                         weights_file=t.weights_file)
+        spec = teacher_spec(t)
         field = f"teachers.{i}.model"
         card = model_card(spec, data.num_classes, data.in_chans, data.image_size, field=field)
         if t.weights_file or t.pretrained:  # read the weights now: a bad file must fail before any output

@@ -2,7 +2,7 @@
 
 from core.train.events import CancelToken, Event, EventBus
 from core.train.loop import FitResult, fit, make_optimizer
-from core.train.tasks import ClassificationTask, Task, classification_metrics, predict_logits
+from core.train.tasks import ClassificationTask, Task, predict_logits
 
 __all__ = ["CancelToken", "ClassificationTask", "Event", "EventBus", "FitResult", "Task",
-           "classification_metrics", "fit", "make_optimizer", "predict_logits"]
+           "fit", "make_optimizer", "predict_logits"]

@@ -24,7 +24,8 @@ from core.train.checkpoint import (read_checkpoint_info, restore_checkpoint, sav
                                    save_weights)
 from core.train.events import CancelToken, Event, EventBus
 from core.train.schedule import lr_at
-from core.train.tasks import Task, accuracy_count, classification_metrics, predict_logits
+from core.evaluate import logits_metrics
+from core.train.tasks import Task, accuracy_count, predict_logits
 
 # torch.compile is not thread-safe: compile one model at a time, whatever thread asks.
 _COMPILE_LOCK = threading.Lock()
@@ -161,7 +162,7 @@ def fit(model: nn.Module, task: Task, data: Any, cfg: TrainConfig, *, source: st
                     window_n = 0
             val_logits, val_y = predict_logits(model, data.batches("val", 1024, shuffle=False, augment=False),
                                                device, precision)
-            val = classification_metrics(val_logits, val_y)
+            val = logits_metrics(val_logits, val_y)
             seconds = time.perf_counter() - t0
             result.seconds += seconds
             row = {"epoch": epoch + 1, "train/loss": (loss_sum / max(seen, 1)).item(),

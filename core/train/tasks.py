@@ -54,10 +54,3 @@ def predict_logits(model: nn.Module, batches, device: torch.device, precision) -
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(len(order), device=order.device)
     return logits[inverse], labels[inverse]
-
-
-def classification_metrics(logits: Tensor, y: Tensor) -> dict[str, float]:
-    """Accuracy and NLL (nats per example) of logits against labels."""
-    nll = F.cross_entropy(logits.float(), y).item()
-    acc = (logits.argmax(dim=1) == y).float().mean().item()
-    return {"acc": acc, "nll": nll}
