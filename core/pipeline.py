@@ -31,11 +31,11 @@ from core.cache import SPLITS, CacheStats, file_hash, teacher_logits
 from core.config import RunConfig, TeacherConfig
 from core.data import DataBundle, load_data
 from core.device import precision_for, resolve_device
-from core.ensemble import Combined, combine, list_combiners
+from core.ensemble import Combined, combine, fits_on_val, list_combiners
 from core.errors import Cancelled, ConfigError, KdlabError, OutputError
 from core.evaluate import gain_recovery_over_seeds, logits_metrics, probs_metrics
 from core.models import ModelSpec, build_model, model_card
-from core.distill import list_kd_losses
+from core.distill import kd_loss_doc
 from core.students import residual_weights, student_spec, train_student
 from core.train import CancelToken, ClassificationTask, Event, EventBus, fit, predict_logits
 from core.train.checkpoint import save_weights
@@ -113,12 +113,9 @@ def prepare(cfg: RunConfig, out: Path | None = None) -> Prepared:
     """Run every input check; raises a KdlabError naming the field before anything is written."""
     if out is not None:
         check_output_dir(out, cfg)
-    if cfg.ensemble.scheme not in list_combiners():
-        raise ConfigError("ensemble.scheme", f"unknown scheme '{cfg.ensemble.scheme}'",
-                          f"pick one of {', '.join(list_combiners())}")
-    if cfg.distill.loss not in list_kd_losses():
-        raise ConfigError("distill.loss", f"unknown loss '{cfg.distill.loss}'",
-                          f"pick one of {', '.join(list_kd_losses())}")
+    # Registry look-ups raise the registry's own error (field, name, choices) for an unknown name.
+    fits_on_val(cfg.ensemble.scheme)
+    kd_loss_doc(cfg.distill.loss)
     device = resolve_device(cfg.device)
     data = load_data(cfg.data, device)
     if cfg.train.batch_size > len(data.train):
