@@ -3,7 +3,9 @@
 A teacher draw is identified by the SHA-256 of its weights file; the cache entry also depends on the
 data (name, split sizes, split seed, image size), so a changed teacher or data set misses and
 recomputes, and anything else (temperature, alpha, weighting, student, seeds) hits. Entries live in
-`<run>/cache/<key>.safetensors` with one tensor per split ("train", "val", "test"), fp32 (N, K).
+`<run>/cache/<key>.safetensors` with one tensor per split ("train", "val", "test"), fp32 (N, K), and,
+for consistent teaching, `<key>-views-<grid>.safetensors` with the train logits of every view of a
+view grid, fp32 (V, N, K).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from core.data.views import ViewGrid
 from core.device import precision_for
 from core.train.tasks import predict_logits
 
@@ -53,29 +56,64 @@ class CacheStats:
     misses: int = 0
 
 
+def _load(path: Path, shapes: dict[str, tuple[int, ...]], device: torch.device) -> dict[str, torch.Tensor] | None:
+    """The cached tensors if the file is readable and holds the expected shapes, else None."""
+    if not path.is_file():
+        return None
+    try:
+        cached = load_file(str(path))
+        if all(tuple(cached[name].shape[:len(shape)]) == shape for name, shape in shapes.items()):
+            return {name: cached[name].to(device) for name in shapes}
+    except Exception:  # noqa: BLE001 - an unreadable cache entry is recomputed, never fatal
+        pass
+    return None
+
+
+def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
 def teacher_logits(model: nn.Module, weights_hash: str, data, folder: Path,
                    stats: CacheStats | None = None) -> dict[str, torch.Tensor]:
     """Logits (fp32, on the data's device) of one teacher on every split, from the cache if present."""
-    folder = Path(folder)
-    path = folder / f"{cache_key(weights_hash, data)}.safetensors"
-    if path.is_file():
-        try:
-            cached = load_file(str(path))
-            if all(cached[s].shape[0] == len(getattr(data, s)) for s in SPLITS):
-                if stats:
-                    stats.hits += 1
-                return {s: cached[s].to(data.device) for s in SPLITS}
-        except Exception:  # noqa: BLE001 - an unreadable cache entry is recomputed, never fatal
-            pass
+    path = Path(folder) / f"{cache_key(weights_hash, data)}.safetensors"
+    cached = _load(path, {s: (len(getattr(data, s)),) for s in SPLITS}, data.device)
+    if cached is not None:
+        if stats:
+            stats.hits += 1
+        return cached
     precision = precision_for(data.device)
     logits = {}
     for split in SPLITS:
         batches = data.batches(split, 1024, shuffle=False, augment=False)
         logits[split], _ = predict_logits(model, batches, data.device, precision)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({s: t.detach().cpu().contiguous() for s, t in logits.items()}, str(tmp))
-    os.replace(tmp, path)
+    _save(logits, path)
+    if stats:
+        stats.misses += 1
+    return logits
+
+
+def teacher_view_logits(model: nn.Module, weights_hash: str, data, grid: ViewGrid, folder: Path,
+                        stats: CacheStats | None = None) -> torch.Tensor:
+    """(V, N_train, K) fp32 logits of one teacher on every view of `grid` of every train image."""
+    grid_key = hashlib.sha256(json.dumps(grid.describe(), sort_keys=True).encode()).hexdigest()[:8]
+    path = Path(folder) / f"{cache_key(weights_hash, data)}-views-{grid_key}.safetensors"
+    cached = _load(path, {"train": (grid.num_views, len(data.train))}, data.device)
+    if cached is not None:
+        if stats:
+            stats.hits += 1
+        return cached["train"]
+    precision = precision_for(data.device)
+    per_view = []
+    for v in range(grid.num_views):
+        batches = ((grid.apply_all(x, v), y, idx)
+                   for x, y, idx in data.batches("train", 1024, shuffle=False, augment=False))
+        per_view.append(predict_logits(model, batches, data.device, precision)[0])
+    logits = torch.stack(per_view)
+    _save({"train": logits}, path)
     if stats:
         stats.misses += 1
     return logits

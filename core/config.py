@@ -76,6 +76,13 @@ class StudentConfig(_Strict):
     width: float | None = Field(0.25, gt=0.0, le=4.0, description="Channel multiplier.")
     depth: float | None = Field(None, gt=0.0, le=4.0, description="Block-count multiplier.")
     seeds: int = Field(3, ge=1, le=20, description="Student trainings per method (mean +- std).")
+    epochs: int | None = Field(None, ge=1, le=10_000, description="Student epochs, scratch and distilled "
+                               "alike (None = train.epochs). Small students are cheap to train longer, "
+                               "and distillation gains grow with the schedule.")
+
+    def train_config(self, train: "TrainConfig") -> "TrainConfig":
+        """The students' training config: `train`, with `epochs` when set."""
+        return train if self.epochs is None else train.model_copy(update={"epochs": self.epochs})
 
 
 class EnsembleConfig(_Strict):
@@ -90,6 +97,13 @@ class DistillConfig(_Strict):
                          "goes to hard-label cross-entropy.")
     loss: str = Field("hinton", description="Distillation loss.")
     rounds: int = Field(1, ge=1, le=10, description="Residual re-weighting rounds.")
+    teaching: Literal["cached", "views", "live"] = Field(
+        "views", description="Where the student's target comes from: 'cached' (teachers' logits on the "
+        "plain train images), 'views' (cached per augmentation view, so the student sees the view its "
+        "target was made on) or 'live' (teachers run on every student batch).")
+    view_stride: int = Field(1, ge=1, le=16, description="With teaching = views: pixels between cached "
+                             "shift offsets (1 = every offset the training augmentation can draw; "
+                             "larger caches fewer views).")
 
 
 class TrainConfig(_Strict):

@@ -27,20 +27,28 @@ from torch import nn
 
 from core import report
 from core.bench import ensemble_cost, measure
-from core.cache import SPLITS, CacheStats, file_hash, teacher_logits
+from core.cache import SPLITS, CacheStats, file_hash, teacher_logits, teacher_view_logits
 from core.config import RunConfig, TeacherConfig
-from core.data import DataBundle, load_data
+from core.data import DataBundle, ViewGrid, load_data
 from core.device import precision_for, resolve_device
 from core.ensemble import Combined, combine, fits_on_val, list_combiners
-from core.errors import Cancelled, ConfigError, KdlabError, OutputError
+from core.errors import Cancelled, ConfigError, KdlabError, ModelError, OutputError
 from core.evaluate import gain_recovery_over_seeds, logits_metrics, probs_metrics
 from core.models import ModelSpec, build_model, model_card
 from core.distill import kd_loss_doc
-from core.students import residual_weights, student_spec, train_student
+from core.students import Teaching, residual_weights, student_spec, train_student
 from core.train import CancelToken, ClassificationTask, Event, EventBus, fit, predict_logits
 from core.train.checkpoint import save_weights
 
 RESULTS_SCHEMA_VERSION = 1
+FALLBACK_SCHEME = "mean_logit"  # fits nothing, so it always works; the cross-entropy centroid
+
+
+def _check_finite(logits: dict[str, torch.Tensor], label: str, seed: int) -> None:
+    bad = [split for split, z in logits.items() if not torch.isfinite(z).all()]
+    if bad:
+        raise FloatingPointError(f"{label} (seed {seed}) gives non-finite logits on {', '.join(bad)}: "
+                                 "a diverged teacher")
 
 
 @dataclass
@@ -218,15 +226,30 @@ def ensemble_stage(prep: Prepared, stack: dict[str, torch.Tensor], events: Event
             entry["mean_example_weights"] = [float(w) for w in result.weights["test"].mean(dim=0)]
         entry["info"] = {k: v for k, v in result.info.items() if isinstance(v, (int, float, str, bool))}
         entries.append(entry)
-    scheme = prep.cfg.ensemble.scheme
-    if scheme not in combined:
-        reason = next(e["error"] for e in entries if e["scheme"] == scheme)
-        raise ConfigError("ensemble.scheme", f"'{scheme}' cannot be the distillation target ({reason})",
-                          f"pick one of {', '.join(combined)}")
     return entries, combined
 
 
-def student_stage(prep: Prepared, target: torch.Tensor, out: Path, events: EventBus,
+def teaching_stage(prep: Prepared, target: Combined, draws: list[tuple[nn.Module, str]], out: Path,
+                   stats: CacheStats) -> Teaching:
+    """The distilled students' targets, as `distill.teaching` asks; `draws` = (model, weights hash)."""
+    d, data = prep.cfg.distill, prep.data
+    started = time.perf_counter()
+    if d.teaching == "cached":
+        teaching = Teaching("cached", target=target.probs["train"])
+    elif d.teaching == "live":
+        teaching = Teaching("live", teachers=[model for model, _ in draws], predict=target.predict)
+    else:
+        grid = ViewGrid.for_data(data.image_size, data.flip, data.augment, d.view_stride)
+        views = torch.stack([teacher_view_logits(model, h, data, grid, out / "cache", stats)
+                             for model, h in draws])  # (M, V, N, K)
+        with torch.no_grad():
+            per_view = torch.stack([target.predict(views[:, v]) for v in range(grid.num_views)])
+        teaching = Teaching("views", target=per_view.reshape(-1, per_view.shape[-1]), views=grid)
+    teaching.seconds = time.perf_counter() - started
+    return teaching
+
+
+def student_stage(prep: Prepared, teaching: Teaching, plain_target: torch.Tensor, out: Path, events: EventBus,
                   cancel: CancelToken) -> tuple[list[dict[str, Any]], dict[str, nn.Module]]:
     """Scratch and distilled students for every seed; `rounds` > 1 adds residual re-weighting rounds."""
     cfg = prep.cfg
@@ -235,12 +258,13 @@ def student_stage(prep: Prepared, target: torch.Tensor, out: Path, events: Event
                                [m.cfg.model_dump() for m in prep.members], cfg.seed)
     entries, models = [], {}
     for s in range(cfg.student.seeds):
-        scratch = train_student(cfg, prep.data, "scratch", s, out, events, cancel, fingerprint=fingerprint)
+        scratch = train_student(cfg, prep.data, "scratch", s, out, events, cancel, teaching,
+                                fingerprint=fingerprint)
         entries.append(scratch.entry)
         models["scratch"] = scratch.model
         weights = None
         for r in range(1, cfg.distill.rounds + 1):
-            kd = train_student(cfg, prep.data, "kd", s, out, events, cancel, target=target, weights=weights,
+            kd = train_student(cfg, prep.data, "kd", s, out, events, cancel, teaching, weights=weights,
                                round_index=r, fingerprint=fingerprint)
             entries.append(kd.entry)
             models["kd"] = kd.model
@@ -248,13 +272,14 @@ def student_stage(prep: Prepared, target: torch.Tensor, out: Path, events: Event
                 train_logits, _ = predict_logits(kd.model, prep.data.batches("train", 1024, shuffle=False,
                                                                              augment=False),
                                                  prep.device, precision_for(prep.device))
-                weights = residual_weights(target, train_logits)
+                weights = residual_weights(plain_target, train_logits)
     return entries, models
 
 
 def comparison_stage(prep: Prepared, teachers: list[dict[str, Any]], teacher_models: dict[str, nn.Module],
                      ensembles: list[dict[str, Any]], students: list[dict[str, Any]],
-                     student_models: dict[str, nn.Module]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                     student_models: dict[str, nn.Module], target_scheme: str
+                     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """One row per method with accuracy, NLL (mean +- std over seeds), ECE and measured cost."""
     data, device = prep.data, prep.device
     cost_of = {label: measure(model, data.in_chans, data.image_size, device)
@@ -262,6 +287,8 @@ def comparison_stage(prep: Prepared, teachers: list[dict[str, Any]], teacher_mod
     rows = []
     for member in prep.members:
         draws = [t for t in teachers if t["name"] == member.label]
+        if not draws:  # every draw of this member diverged (see results["teachers_dropped"])
+            continue
         rows.append(report.row(member.label, "teacher", draws, cost_of[member.label],
                                sum(t["train_seconds"] for t in draws)))
     # An ensemble runs every teacher draw: its cost is the sum of its members' (each draw costs its model's).
@@ -280,13 +307,13 @@ def comparison_stage(prep: Prepared, teachers: list[dict[str, Any]], teacher_mod
         name = "student/kd" if len(rounds) == 1 else f"student/kd-round{r}"
         rows.append(report.row(name, "student", kd, student_cost,
                                teacher_seconds + sum(s["train_seconds"] for s in kd)))
-    target = next(e for e in ensembles if e["scheme"] == prep.cfg.ensemble.scheme)
+    target = next(e for e in ensembles if e["scheme"] == target_scheme)
     last_kd = [s for s in students if s["kind"] == "kd" and s["round"] == rounds[-1]]
     recovery = gain_recovery_over_seeds([s["test_acc"] for s in last_kd], [s["test_acc"] for s in scratch],
                                         target["test_acc"])
     student_params = student_cost.params
-    mean_teacher_params = sum(cost_of[m.label].params for m in prep.members) / len(prep.members)
-    summary = {"target_scheme": prep.cfg.ensemble.scheme, "gain_recovery": recovery,
+    mean_teacher_params = sum(c.params for c in cost_of.values()) / len(cost_of)
+    summary = {"target_scheme": target_scheme, "gain_recovery": recovery,
                "student_params": student_params,
                "student_to_teacher_params": student_params / mean_teacher_params,
                "student_to_ensemble_params": student_params / ens_cost.params}
@@ -310,7 +337,12 @@ def run_experiment(prep: Prepared, out: Path, events: EventBus | None = None,
     started = time.time()
     results: dict[str, Any] = {
         "schema_version": RESULTS_SCHEMA_VERSION, "name": prep.cfg.name, "dataset": prep.data.summary(),
-        "device": str(prep.device), "torch": torch.__version__, "status": "running"}
+        "device": str(prep.device), "torch": torch.__version__, "status": "running",
+        "warnings": list(prep.warnings)}
+
+    def warn(message: str) -> None:
+        results["warnings"].append(message)
+        events.emit(Event("info", "run", message=f"warning: {message}"))
 
     def save(status: str = "running") -> None:
         results["status"] = status
@@ -320,15 +352,28 @@ def run_experiment(prep: Prepared, out: Path, events: EventBus | None = None,
     try:
         events.emit(Event("stage", "teachers", message=f"training {prep.trainings} teacher draw(s)",
                           metrics={"trainings": prep.trainings}))
-        teachers, teacher_models, member_logits = [], {}, []
+        teachers, teacher_models, member_logits, draws, dropped = [], {}, [], [], []
         stats = CacheStats()
         for m in prep.members:
             for s in range(m.cfg.seeds):
-                entry, model = train_teacher(prep, m, s, out, events, cancel)
+                try:
+                    entry, model = train_teacher(prep, m, s, out, events, cancel)
+                    logits = teacher_logits(model, entry["weights_hash"], prep.data, out / "cache", stats)
+                    _check_finite(logits, m.label, s)
+                except FloatingPointError as err:  # a diverged draw is left out; the others go on
+                    dropped.append({"name": m.label, "seed": s, "error": str(err)})
+                    warn(f"teachers.{m.index}: draw {s} of {m.label} left out of the ensemble: {err}")
+                    continue
                 teachers.append(entry)
                 teacher_models.setdefault(m.label, model)
-                member_logits.append(teacher_logits(model, entry["weights_hash"], prep.data, out / "cache", stats))
+                draws.append((model, entry["weights_hash"]))
+                member_logits.append(logits)
         results["teachers"] = teachers
+        results["teachers_dropped"] = dropped
+        if not teachers:
+            save("failed")
+            raise ModelError("teachers", "every teacher draw diverged (non-finite loss or logits)",
+                             "lower train.lr, or check the teachers' weights files")
         results["logit_cache"] = {"hits": stats.hits, "misses": stats.misses}
         save()
 
@@ -336,18 +381,28 @@ def run_experiment(prep: Prepared, out: Path, events: EventBus | None = None,
         stack = {split: torch.stack([logits[split] for logits in member_logits]) for split in SPLITS}
         ensembles, combined = ensemble_stage(prep, stack, events)
         results["ensembles"] = ensembles
+        scheme = prep.cfg.ensemble.scheme
+        if scheme not in combined:  # e.g. a val split too small to fit it: teach with the default
+            reason = next(e["error"] for e in ensembles if e["scheme"] == scheme)
+            warn(f"ensemble.scheme: '{scheme}' could not be fitted ({reason}); the students learn from "
+                 f"'{FALLBACK_SCHEME}' instead")
+            scheme = FALLBACK_SCHEME
+        results["target_scheme"] = scheme
         save()
 
         events.emit(Event("stage", "students", message=f"training {prep.cfg.student.seeds} scratch and "
                           f"{prep.cfg.student.seeds * prep.cfg.distill.rounds} distilled student(s)"))
-        target = combined[prep.cfg.ensemble.scheme].probs["train"]
-        students, student_models = student_stage(prep, target, out, events, cancel)
+        target = combined[scheme]
+        teaching = teaching_stage(prep, target, draws, out, stats)
+        results["teaching"] = teaching.describe()
+        results["logit_cache"] = {"hits": stats.hits, "misses": stats.misses}
+        students, student_models = student_stage(prep, teaching, target.probs["train"], out, events, cancel)
         results["students"] = students
         save()
 
         events.emit(Event("stage", "comparison", message="measuring cost"))
         results["comparison"], results["summary"] = comparison_stage(
-            prep, teachers, teacher_models, ensembles, students, student_models)
+            prep, teachers, teacher_models, ensembles, students, student_models, scheme)
         save("done")
         events.emit(Event("stage", "run", message="done", metrics={"seconds": results["seconds"]}))
         return results

@@ -6,16 +6,17 @@ difference between them is the distillation target alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from core.config import RunConfig
 from core.device import precision_for
-from core.distill.task import DistillationTask
+from core.data.views import ViewGrid
+from core.distill.task import DistillationTask, LiveDistillationTask
 from core.evaluate import logits_metrics
 from core.models import ModelSpec, build_model
 from core.train import CancelToken, ClassificationTask, EventBus, fit, predict_logits
@@ -38,11 +39,45 @@ class StudentRun:
     test_logits: torch.Tensor
 
 
+@dataclass
+class Teaching:
+    """Where distilled students get their targets from (modes in core.distill.task).
+
+    `target` is the ensemble's train probabilities, (N, K) plain or (V * N, K) per view; live
+    teaching runs `teachers` on each batch and combines them with `predict`. With a view grid the
+    scratch student is shown the same named views, so both students see one augmentation distribution.
+    """
+
+    mode: str
+    target: torch.Tensor | None = None
+    views: ViewGrid | None = None
+    teachers: list[nn.Module] = field(default_factory=list)
+    predict: Callable[[torch.Tensor], torch.Tensor] | None = None
+    seconds: float = 0.0  # spent preparing the targets (view logits), beyond the plain cache
+
+    def task(self, cfg: RunConfig, kind: str, weights: torch.Tensor | None = None):
+        """The training task of a 'scratch' or 'kd' student."""
+        if kind == "scratch":
+            return ClassificationTask(cfg.train.label_smoothing, views=self.views)
+        d = cfg.distill
+        if self.mode == "live":
+            return LiveDistillationTask(self.teachers, self.predict, d.temperature, d.alpha, d.loss, weights)
+        return DistillationTask(self.target, d.temperature, d.alpha, d.loss, weights, views=self.views)
+
+    def describe(self) -> dict[str, Any]:
+        """Plain-dict summary for results.json."""
+        out: dict[str, Any] = {"mode": self.mode, "seconds": self.seconds}
+        if self.views is not None:
+            out["views"] = self.views.describe()
+        if self.mode == "live":
+            out["teachers"] = len(self.teachers)
+        return out
+
+
 def train_student(cfg: RunConfig, data, kind: str, seed_index: int, out: Path, events: EventBus,
-                  cancel: CancelToken, target: torch.Tensor | None = None,
-                  weights: torch.Tensor | None = None, round_index: int = 1,
-                  fingerprint: str = "") -> StudentRun:
-    """Train one student: kind 'scratch' (hard labels) or 'kd' (distilled from `target`)."""
+                  cancel: CancelToken, teaching: Teaching, weights: torch.Tensor | None = None,
+                  round_index: int = 1, fingerprint: str = "") -> StudentRun:
+    """Train one student: kind 'scratch' (hard labels) or 'kd' (distilled as `teaching` says)."""
     seed = cfg.seed + STUDENT_SEED_OFFSET + seed_index
     label = kind if kind == "scratch" else f"kd-r{round_index}"
     source = f"student/{label}/s{seed_index}"
@@ -50,12 +85,9 @@ def train_student(cfg: RunConfig, data, kind: str, seed_index: int, out: Path, e
     torch.manual_seed(seed)
     model = build_model(student_spec(cfg), data.num_classes, data.in_chans, image_size=data.image_size,
                         field="student.model")
-    if kind == "scratch":
-        task = ClassificationTask(cfg.train.label_smoothing)
-    else:
-        task = DistillationTask(target, cfg.distill.temperature, cfg.distill.alpha, cfg.distill.loss, weights)
-    result = fit(model, task, data, cfg.train, source=source, seed=seed, events=events, cancel=cancel,
-                 ckpt_dir=folder, fingerprint=f"{fingerprint}|{label}|{seed}")
+    result = fit(model, teaching.task(cfg, kind, weights), data, cfg.student.train_config(cfg.train),
+                 source=source, seed=seed,
+                 events=events, cancel=cancel, ckpt_dir=folder, fingerprint=f"{fingerprint}|{label}|{seed}")
     save_weights(model, folder / "model.safetensors")
     logits, y = predict_logits(model, data.batches("test", 1024, shuffle=False, augment=False),
                                data.device, precision_for(data.device))

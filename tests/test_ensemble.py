@@ -201,6 +201,17 @@ def test_every_split_gets_probabilities_that_sum_to_one(scheme):
             assert torch.allclose(w.sum(1), torch.ones(len(w)), atol=1e-5)
 
 
+@pytest.mark.parametrize("scheme", ALL)
+def test_the_fitted_rule_reproduces_every_split(scheme):
+    # Consistent and live teaching apply the rule to logits that were not among the splits.
+    z, labels = toy()
+    out = combine(scheme, z, labels["val"])
+    for split, p in out.probs.items():
+        assert torch.allclose(out.predict(z[split]), p, atol=1e-5), split
+    fresh = torch.randn(3, 7, 4)
+    assert torch.allclose(out.predict(fresh).sum(1), torch.ones(7), atol=1e-5)
+
+
 @pytest.mark.parametrize("scheme", FITTED)
 def test_fitting_uses_only_val(scheme):
     z, labels = toy()

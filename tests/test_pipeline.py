@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from core import config
-from core.cache import CacheStats, teacher_logits
+from core.cache import CacheStats, teacher_logits, teacher_view_logits
+from core.data import ViewGrid
 from core.errors import ConfigError
 from core.models import ModelSpec, build_model
 from core.pipeline import prepare, run_experiment
@@ -53,7 +54,10 @@ def test_results_schema(tiny_run):
 def test_rerun_reuses_teachers_and_logit_cache(tiny_run):
     out, cfg, first = tiny_run
     again = run_experiment(prepare(cfg, out), out)
-    assert again["logit_cache"] == {"hits": 2, "misses": 0}
+    # Two teachers, each with a plain entry and a per-view entry (teaching = views, the default).
+    assert first["teaching"]["mode"] == "views" and first["teaching"]["views"]["views"] == 50  # 5 x 5 shifts x flip
+    assert first["logit_cache"] == {"hits": 0, "misses": 4}
+    assert again["logit_cache"] == {"hits": 4, "misses": 0}
     assert [t["test_acc"] for t in again["teachers"]] == [t["test_acc"] for t in first["teachers"]]
     assert [t["weights_hash"] for t in again["teachers"]] == [t["weights_hash"] for t in first["teachers"]]
 
@@ -69,6 +73,21 @@ def test_cache_misses_when_the_teacher_changes(shapes_bundle, tmp_path):
     torch.nn.init.zeros_(next(model.parameters()))
     c = teacher_logits(model, "bbbb", shapes_bundle, tmp_path, stats)
     assert stats.misses == 2 and not torch.equal(a["test"], c["test"])
+
+
+def test_view_cache_holds_every_view_and_the_plain_one(shapes_bundle, tmp_path):
+    model = build_model(ModelSpec("test_resnet"), shapes_bundle.num_classes, shapes_bundle.in_chans)
+    grid = ViewGrid.for_data(shapes_bundle.image_size, flip=True, stride=2)
+    stats = CacheStats()
+    views = teacher_view_logits(model, "aaaa", shapes_bundle, grid, tmp_path, stats)
+    assert views.shape == (grid.num_views, len(shapes_bundle.train), shapes_bundle.num_classes)
+    plain = teacher_logits(model, "aaaa", shapes_bundle, tmp_path, stats)["train"]
+    assert torch.allclose(views[grid.identity], plain, atol=1e-5)
+    assert not torch.allclose(views[0], plain, atol=1e-3)  # a shifted view is a different input
+    again = teacher_view_logits(model, "aaaa", shapes_bundle, grid, tmp_path, stats)
+    assert torch.equal(again, views) and (stats.hits, stats.misses) == (1, 2)
+    other = teacher_view_logits(model, "aaaa", shapes_bundle, ViewGrid.for_data(16, flip=False), tmp_path, stats)
+    assert other.shape[0] == 25 and stats.misses == 3  # another grid is another entry
 
 
 def test_residual_weights_favour_what_the_student_gets_wrong():
@@ -99,3 +118,48 @@ def test_residual_rounds_are_reported_one_row_each(tmp_path):
     assert [(s["kind"], s["round"]) for s in results["students"]] == [("scratch", None), ("kd", 1), ("kd", 2)]
     methods = [r["method"] for r in results["comparison"]]
     assert methods[-2:] == ["student/kd-round1", "student/kd-round2"]
+
+
+@pytest.mark.parametrize("teaching", ["cached", "live"])
+def test_every_teaching_mode_runs_end_to_end(tmp_path, teaching):
+    cfg = config.load(overrides=TINY + ["student.seeds=1", "train.epochs=1", "teachers=[{model: test_resnet}]",
+                                        f"distill.teaching={teaching}", "ensemble.scheme=learned"])
+    results = run_experiment(prepare(cfg, tmp_path), tmp_path)
+    assert results["status"] == "done" and results["teaching"]["mode"] == teaching
+    assert "views" not in results["teaching"]
+    assert results["logit_cache"]["misses"] == 1  # the plain entry only
+    assert [s["kind"] for s in results["students"]] == ["scratch", "kd"]
+
+
+def test_a_scheme_that_cannot_be_fitted_falls_back_with_a_warning(tmp_path):
+    cfg = config.load(overrides=TINY + ["student.seeds=1", "train.epochs=1", "teachers=[{model: test_resnet}]",
+                                        "data.val_fraction=0.02", "ensemble.scheme=stacking",
+                                        "distill.teaching=cached"])
+    results = run_experiment(prepare(cfg, tmp_path), tmp_path)
+    assert results["status"] == "done"
+    errors = {e["scheme"]: e.get("error", "") for e in results["ensembles"]}
+    assert "data.val_fraction" in errors["stacking"] and errors["mean_logit"] == ""
+    assert results["target_scheme"] == results["summary"]["target_scheme"] == "mean_logit"
+    assert any(w.startswith("ensemble.scheme: 'stacking' could not be fitted") for w in results["warnings"])
+
+
+def test_a_diverged_teacher_is_left_out_and_the_run_goes_on(tmp_path):
+    from safetensors.torch import save_file
+    spec = ModelSpec("test_efficientnet")
+    broken = build_model(spec, 4, 1)
+    nan_weights = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                   for k, v in broken.state_dict().items()}
+    save_file(nan_weights, str(tmp_path / "diverged.safetensors"))
+    cfg = config.load(overrides=TINY + [
+        "student.seeds=1", "train.epochs=1", "distill.teaching=cached",
+        f"teachers=[{{model: test_resnet}}, {{model: test_efficientnet, weights_file: '{tmp_path / 'diverged.safetensors'}'}}]"])
+    out = tmp_path / "run"
+    results = run_experiment(prepare(cfg, out), out)
+    assert results["status"] == "done"
+    assert [t["name"] for t in results["teachers"]] == ["test_resnet"]
+    assert results["teachers_dropped"][0]["name"] == "test_efficientnet"
+    assert "non-finite" in results["teachers_dropped"][0]["error"] or "loss" in results["teachers_dropped"][0]["error"]
+    assert any("left out of the ensemble" in w for w in results["warnings"])
+    methods = [r["method"] for r in results["comparison"]]
+    assert "test_efficientnet" not in methods and "test_resnet" in methods
+    assert next(e for e in results["ensembles"] if e["scheme"] == "mean_logit")["members"] == 1

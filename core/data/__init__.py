@@ -9,10 +9,11 @@ New data sets register a loader with `@register_dataset("name")` returning a `So
 from core.data.augment import augment_batch, random_flip, random_shift, shift_pad
 from core.data.bundle import DataBundle, Split
 from core.data.load import load_data
+from core.data.views import ViewGrid
 from core.data.registry import SourceData, get_loader, list_datasets, register_dataset
 from core.data import sources  # noqa: F401  (registers the built-in data sets)
 
 __all__ = [
     "DataBundle", "Split", "SourceData", "load_data", "list_datasets", "register_dataset",
-    "get_loader", "random_shift", "random_flip", "augment_batch", "shift_pad",
+    "get_loader", "random_shift", "random_flip", "augment_batch", "shift_pad", "ViewGrid",
 ]

@@ -21,21 +21,30 @@ def _rand_device(x: torch.Tensor, generator: torch.Generator | None) -> torch.de
     return generator.device if generator is not None else x.device
 
 
-def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pad each image by `pad` px (reflect) and crop it back at its own random offset."""
-    if pad <= 0 or x.shape[0] == 0:
-        return x
+def shift(x: torch.Tensor, pad: int, offsets: torch.Tensor) -> torch.Tensor:
+    """Pad each image by `pad` px (reflect) and crop it back at its own offset.
+
+    `offsets` is (2, B) int64 on x's device: row and column of the crop's corner in the padded image,
+    each in [0, 2 * pad]; `pad` is the unshifted crop.
+    """
     b, c, h, w = x.shape
     # Reflect padding needs pad < side; sides are >= 8 px and pad is 1/8 of the side.
     mode = "reflect" if pad < min(h, w) and x.is_floating_point() else "constant"
     padded = F.pad(x, (pad, pad, pad, pad), mode=mode)
-    dev = _rand_device(x, generator)
-    offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=generator, device=dev).to(x.device)
     rows = offsets[0, :, None] + torch.arange(h, device=x.device)  # (B, H) source rows
     cols = offsets[1, :, None] + torch.arange(w, device=x.device)  # (B, W) source columns
     batch = torch.arange(b, device=x.device)[:, None, None, None]
     chans = torch.arange(c, device=x.device)[None, :, None, None]
     return padded[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def random_shift(x: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pad each image by `pad` px (reflect) and crop it back at its own random offset."""
+    if pad <= 0 or x.shape[0] == 0:
+        return x
+    dev = _rand_device(x, generator)
+    offsets = torch.randint(0, 2 * pad + 1, (2, x.shape[0]), generator=generator, device=dev).to(x.device)
+    return shift(x, pad, offsets)
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -22,7 +22,7 @@ def mean_prob(logits: dict[str, Tensor], val_labels: Tensor | None = None) -> Co
     The centroid of the squared (Brier) loss; for cross-entropy it is not a centroid and its
     label-free diversity term does not exist (notes/bias-variance-diversity.md).
     """
-    return Combined(probs={s: z.softmax(dim=-1).mean(dim=0) for s, z in logits.items()})
+    return Combined.from_rule(logits, lambda z: z.softmax(dim=-1).mean(dim=0))
 
 
 @register_combiner("mean_logit")
@@ -35,7 +35,7 @@ def mean_logit(logits: dict[str, Tensor], val_labels: Tensor | None = None) -> C
     (notes/bias-variance-diversity.md). Log-softmax is averaged instead of raw logits: identical
     after the softmax, and immune to each member's arbitrary per-row logit offset.
     """
-    return Combined(probs={s: z.log_softmax(dim=-1).mean(dim=0).softmax(dim=-1) for s, z in logits.items()})
+    return Combined.from_rule(logits, lambda z: z.log_softmax(dim=-1).mean(dim=0).softmax(dim=-1))
 
 
 @register_combiner("vote")
@@ -51,10 +51,12 @@ def vote(logits: dict[str, Tensor], val_labels: Tensor | None = None) -> Combine
     Ties in c are broken by the mean member probability (the larger s wins), and argmax p is the
     winner; an exact tie in both goes to the lowest class index.
     """
-    out = {}
-    for split, z in logits.items():
+    def predict(z: Tensor) -> Tensor:
         m, _, k = z.shape
         counts = F.one_hot(z.argmax(dim=-1), k).sum(dim=0).float()  # (N, K)
         smooth = 0.5 * z.softmax(dim=-1).mean(dim=0) + 0.5 / k
-        out[split] = (counts + VOTE_PSEUDO_VOTES * smooth) / (m + VOTE_PSEUDO_VOTES)
-    return Combined(probs=out, info={"pseudo_votes": VOTE_PSEUDO_VOTES})
+        return (counts + VOTE_PSEUDO_VOTES * smooth) / (m + VOTE_PSEUDO_VOTES)
+
+    result = Combined.from_rule(logits, predict)
+    result.info["pseudo_votes"] = VOTE_PSEUDO_VOTES
+    return result

@@ -38,9 +38,9 @@ def learned(logits: dict[str, Tensor], val_labels: Tensor | None) -> Combined:
         val_nll, iters = lbfgs([a], lambda: F.cross_entropy(torch.einsum("m,mnk->nk", a.softmax(0), lp), y))
     w64 = a.detach().softmax(dim=0)
     uniform = nll(lp.mean(dim=0), y)
-    probs = {s: _weighted_log_mean(w64, z).softmax(dim=-1) for s, z in logits.items()}
     w = w64.float().to(logits["val"].device)
-    return Combined(probs=probs, global_weights=w,
+    result = Combined.from_rule(logits, lambda z: _weighted_log_mean(w64, z).softmax(dim=-1))
+    return Combined(probs=result.probs, predict=result.predict, global_weights=w,
                     info={"val_nll": val_nll, "val_nll_uniform": uniform, "iterations": iters,
                           "weights": [float(v) for v in w64]})
 
@@ -78,6 +78,7 @@ def stacking(logits: dict[str, Tensor], val_labels: Tensor | None) -> Combined:
         val_nll, iters = lbfgs([w, b], lambda: F.cross_entropy(x @ w + b, y) + l2 * w.square().sum())
     dev = logits["val"].device
     w32, b32, mu32, sd32 = (t.detach().float().to(dev) for t in (w, b, mu, sd))
-    probs = {s: (((_stack_features(z) - mu32) / sd32) @ w32 + b32).softmax(dim=-1) for s, z in logits.items()}
-    return Combined(probs=probs, info={"val_nll": nll(x @ w.detach() + b.detach(), y),
+    result = Combined.from_rule(logits, lambda z: (((_stack_features(z) - mu32) / sd32) @ w32 + b32
+                                                   ).softmax(dim=-1))
+    return Combined(probs=result.probs, predict=result.predict, info={"val_nll": nll(x @ w.detach() + b.detach(), y),
                                        "val_objective": val_nll, "iterations": iters, "l2": l2})

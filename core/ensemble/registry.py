@@ -22,6 +22,14 @@ class Combined:
     weights: dict[str, Tensor] | None = None  # split -> (N, M) per-example member weights, rows sum to 1
     global_weights: Tensor | None = None  # (M,) one weight per member, for schemes that learn them
     info: dict = field(default_factory=dict)  # fitted values for display: concentration, val NLL, ...
+    # The fitted rule itself: member logits (M, B, K) -> ensemble probabilities (B, K), for logits
+    # that were not among the splits (teacher logits of augmented views, or live teachers).
+    predict: Callable[[Tensor], Tensor] | None = None
+
+    @classmethod
+    def from_rule(cls, logits: Mapping[str, Tensor], rule: Callable[[Tensor], Tensor]) -> "Combined":
+        """Apply `rule` (member logits (M, N, K) -> probs (N, K)) to every split, and keep it."""
+        return cls(probs={split: rule(z) for split, z in logits.items()}, predict=rule)
 
 
 # A combiner maps checked member logits {split: (M, N, K) fp32} and the val labels (None unless the

@@ -64,6 +64,6 @@ def uncertainty(logits: dict[str, Tensor], val_labels: Tensor | None) -> Combine
     for split, z in logits.items():
         ens, w = _combine(z, c)
         probs[split], weights[split] = ens.softmax(dim=-1), w
-    return Combined(probs=probs, weights=weights,
+    return Combined(probs=probs, weights=weights, predict=lambda z: _combine(z, c)[0].softmax(dim=-1),
                     info={"concentration": c, "val_nll": grid_nll[best], "val_nll_uniform": grid_nll[0],
                           "grid_concentration": list(CONCENTRATION_GRID), "grid_val_nll": grid_nll})

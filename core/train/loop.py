@@ -97,6 +97,9 @@ def fit(model: nn.Module, task: Task, data: Any, cfg: TrainConfig, *, source: st
         model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, cfg)
     steps_per_epoch = data.num_batches("train", cfg.batch_size, drop_last=True)
+    # A task with a view grid sees its train images in named views: `idx` then numbers the
+    # (view, example) pair as view * n_train + example.
+    views = getattr(task, "views", None)
     total_steps = steps_per_epoch * cfg.epochs
 
     result = FitResult()
@@ -131,9 +134,14 @@ def fit(model: nn.Module, task: Task, data: Any, cfg: TrainConfig, *, source: st
             seen = 0
             window_loss = torch.zeros((), device=device)
             window_n = 0
-            for x, y, idx in data.batches("train", cfg.batch_size, shuffle=True, augment=True,
+            for x, y, idx in data.batches("train", cfg.batch_size, shuffle=True, augment=views is None,
                                           generator=generator, drop_last=True):
                 cancel.check()
+                if views is not None:
+                    # Name each example's view, so the task can look up the target of that very view.
+                    v = views.sample(y.shape[0], generator, device)
+                    x = views.apply(x, v)
+                    idx = v * n_train + idx
                 lr = lr_at(step, total_steps, cfg.lr, cfg.schedule, cfg.warmup_fraction)
                 for group in opt.param_groups:
                     group["lr"] = lr

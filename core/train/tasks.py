@@ -14,16 +14,21 @@ from torch import Tensor, nn
 
 
 class Task(Protocol):
-    """Maps (model, images, labels, example indices) to {"loss": ..., "logits": ..., other scalars}."""
+    """Maps (model, images, labels, example indices) to {"loss": ..., "logits": ..., other scalars}.
+
+    `idx` are rows of the train split. A task with a `views` attribute (a `ViewGrid`, not None) gets
+    un-augmented batches that the loop shows in views it names: `idx` is then view * N_train + row.
+    """
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor) -> dict[str, Tensor]: ...
 
 
 class ClassificationTask:
-    """Cross-entropy on hard labels, with optional label smoothing."""
+    """Cross-entropy on hard labels, with optional label smoothing (and optionally named views)."""
 
-    def __init__(self, label_smoothing: float = 0.0) -> None:
+    def __init__(self, label_smoothing: float = 0.0, views=None) -> None:
         self.label_smoothing = label_smoothing
+        self.views = views
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor) -> dict[str, Tensor]:
         logits = model(x)
