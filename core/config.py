@@ -88,6 +88,10 @@ class StudentConfig(_Strict):
 class EnsembleConfig(_Strict):
     scheme: str = Field("mean_logit", description="How members are combined: mean_logit, mean_prob, "
                         "vote, learned, uncertainty or stacking.")
+    draws: Literal["seeds", "bootstrap"] = Field(
+        "seeds", description="How the draws of one teacher (teachers.*.seeds) differ: 'seeds' (initial "
+        "weights and batch order) or 'bootstrap' (each draw also trains on a resample of the train split, "
+        "drawn with replacement: bagging). Bias and variance need >= 2 draws per teacher.")
 
 
 class DistillConfig(_Strict):

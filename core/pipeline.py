@@ -7,7 +7,9 @@ half-written behind. `run_experiment` then writes into the output folder as it g
   config.yaml     the validated config; `kdlab run config.yaml` reproduces the run
   events.jsonl    one JSON object per event, appended as they happen
   teachers/<label>_s<seed>/  per-epoch checkpoints and final weights
-  results.json    written last, atomically
+  cache/          teacher logits per split (and per augmentation view), keyed by weights hash
+  students/<kind>_s<seed>/  the same for every student
+  results.json    rewritten atomically after every stage (status says how far it got)
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from core.cache import SPLITS, CacheStats, file_hash, teacher_logits, teacher_vi
 from core.config import RunConfig, TeacherConfig
 from core.data import DataBundle, ViewGrid, load_data
 from core.device import precision_for, resolve_device
+from core.diagnostics import diagnose, group_member_major
 from core.ensemble import Combined, combine, fits_on_val, list_combiners
 from core.errors import Cancelled, ConfigError, KdlabError, ModelError, OutputError
 from core.evaluate import gain_recovery_over_seeds, logits_metrics, probs_metrics
@@ -84,6 +87,18 @@ class Prepared:
     @property
     def trainings(self) -> int:
         return sum(m.cfg.seeds for m in self.members)
+
+    @property
+    def decomposition_plan(self) -> str:
+        """What the diagnostics can decompose with this config, and what a full decomposition costs."""
+        draws = min(m.cfg.seeds for m in self.members)
+        if draws >= 2:
+            return (f"diagnostics: full bias-variance-diversity decomposition over {draws} "
+                    f"{self.cfg.ensemble.draws} draws per teacher ({self.trainings} teacher trainings)")
+        full = sum(max(m.cfg.seeds, 2) for m in self.members)
+        return (f"diagnostics: single-run form only (loss = member loss - diversity); the bias/variance "
+                f"split needs >= 2 draws per teacher: set teachers.*.seeds=2 ({full} teacher trainings "
+                f"instead of {self.trainings})")
 
 
 def _unique_labels(teachers: list[TeacherConfig]) -> list[str]:
@@ -179,11 +194,14 @@ def train_teacher(prep: Prepared, member: Member, seed_index: int, out: Path, ev
     seed = cfg.seed + 1000 * member.index + seed_index
     source = f"teacher/{member.label}/s{seed_index}"
     folder = out / "teachers" / f"{member.label}_s{seed_index}"
-    fingerprint = _fingerprint(member.cfg.model_dump(), cfg.data.model_dump(), cfg.train.model_dump(), seed)
+    fingerprint = _fingerprint(member.cfg.model_dump(), cfg.data.model_dump(), cfg.train.model_dump(), seed,
+                               cfg.ensemble.draws)
     torch.manual_seed(seed)
     model = build_model(member.spec(), prep.data.num_classes, prep.data.in_chans,
                         image_size=prep.data.image_size, field=f"teachers.{member.index}.model")
-    result = fit(model, ClassificationTask(cfg.train.label_smoothing), prep.data, cfg.train,
+    # A bagging draw trains on its own resample; its logits are still taken on the whole train split.
+    train_data = prep.data.bootstrap(seed) if cfg.ensemble.draws == "bootstrap" else prep.data
+    result = fit(model, ClassificationTask(cfg.train.label_smoothing), train_data, cfg.train,
                  source=source, seed=seed, events=events, cancel=cancel, ckpt_dir=folder,
                  fingerprint=fingerprint)
     save_weights(model, folder / "model.safetensors")
@@ -250,18 +268,25 @@ def teaching_stage(prep: Prepared, target: Combined, draws: list[tuple[nn.Module
 
 
 def student_stage(prep: Prepared, teaching: Teaching, plain_target: torch.Tensor, out: Path, events: EventBus,
-                  cancel: CancelToken) -> tuple[list[dict[str, Any]], dict[str, nn.Module]]:
-    """Scratch and distilled students for every seed; `rounds` > 1 adds residual re-weighting rounds."""
+                  cancel: CancelToken
+                  ) -> tuple[list[dict[str, Any]], dict[str, nn.Module], dict[str, list[torch.Tensor]]]:
+    """Scratch and distilled students for every seed; `rounds` > 1 adds residual re-weighting rounds.
+
+    Returns the results entries, one model per kind (for cost measurement) and the test logits per
+    seed of the scratch and last-round distilled students (for the diagnostics).
+    """
     cfg = prep.cfg
     fingerprint = _fingerprint(cfg.student.model_dump(), cfg.data.model_dump(), cfg.train.model_dump(),
                                cfg.distill.model_dump(), cfg.ensemble.model_dump(),
                                [m.cfg.model_dump() for m in prep.members], cfg.seed)
     entries, models = [], {}
+    test_logits: dict[str, list[torch.Tensor]] = {"scratch": [], "kd": []}
     for s in range(cfg.student.seeds):
         scratch = train_student(cfg, prep.data, "scratch", s, out, events, cancel, teaching,
                                 fingerprint=fingerprint)
         entries.append(scratch.entry)
         models["scratch"] = scratch.model
+        test_logits["scratch"].append(scratch.test_logits)
         weights = None
         for r in range(1, cfg.distill.rounds + 1):
             kd = train_student(cfg, prep.data, "kd", s, out, events, cancel, teaching, weights=weights,
@@ -273,7 +298,18 @@ def student_stage(prep: Prepared, teaching: Teaching, plain_target: torch.Tensor
                                                                              augment=False),
                                                  prep.device, precision_for(prep.device))
                 weights = residual_weights(plain_target, train_logits)
-    return entries, models
+        test_logits["kd"].append(kd.test_logits)
+    return entries, models, test_logits
+
+
+def diagnostics_stage(prep: Prepared, teachers: list[dict[str, Any]], member_logits: list[dict[str, torch.Tensor]],
+                      student_logits: dict[str, list[torch.Tensor]]) -> dict[str, Any]:
+    """Bias-variance-diversity, error correlation and calibration on test, from the cached logits."""
+    names = list(dict.fromkeys(t["name"] for t in teachers))  # members that kept at least one draw
+    draws = [sum(t["name"] == name for t in teachers) for name in names]
+    grouped = {split: group_member_major([z[split] for z in member_logits], draws) for split in ("val", "test")}
+    return diagnose(grouped["test"], prep.data.test.y, member_names=names, val_logits=grouped["val"],
+                    val_y=prep.data.val.y, students=student_logits, class_names=prep.data.class_names)
 
 
 def comparison_stage(prep: Prepared, teachers: list[dict[str, Any]], teacher_models: dict[str, nn.Module],
@@ -396,8 +432,17 @@ def run_experiment(prep: Prepared, out: Path, events: EventBus | None = None,
         teaching = teaching_stage(prep, target, draws, out, stats)
         results["teaching"] = teaching.describe()
         results["logit_cache"] = {"hits": stats.hits, "misses": stats.misses}
-        students, student_models = student_stage(prep, teaching, target.probs["train"], out, events, cancel)
+        students, student_models, student_logits = student_stage(prep, teaching, target.probs["train"], out,
+                                                                 events, cancel)
         results["students"] = students
+        save()
+
+        events.emit(Event("stage", "diagnostics", message="bias, variance, diversity"))
+        try:
+            results["diagnostics"] = diagnostics_stage(prep, teachers, member_logits, student_logits)
+        except Exception as err:  # noqa: BLE001 - diagnostics explain a run, never cost it its results
+            warn(f"diagnostics: {type(err).__name__}: {err}")
+            results["diagnostics"] = {"error": str(err)}
         save()
 
         events.emit(Event("stage", "comparison", message="measuring cost"))

@@ -48,6 +48,13 @@ def test_results_schema(tiny_run):
     assert rows["student/kd"]["seeds"] == 2
     summary = results["summary"]
     assert summary["target_scheme"] == "mean_logit"
+    # One seed per teacher: the single-run form, and the reason the bias/variance split is missing.
+    diag = results["diagnostics"]
+    assert diag["members"] == ["test_resnet", "test_efficientnet"] and diag["draws"] == 1
+    ce = diag["combiners"]["mean_logit"]
+    assert ce["terms"]["bias"] is None and "seeds" in ce["reason"]
+    assert ce["terms"]["loss"] == pytest.approx(ce["terms"]["member_loss"] - ce["terms"]["diversity"], abs=1e-6)
+    assert set(diag["students"]) == {"scratch", "kd"} and diag["students"]["kd"]["seeds"] == 2
     assert {"per_seed", "of_means"} <= set(summary["gain_recovery"])
 
 
@@ -163,3 +170,30 @@ def test_a_diverged_teacher_is_left_out_and_the_run_goes_on(tmp_path):
     methods = [r["method"] for r in results["comparison"]]
     assert "test_efficientnet" not in methods and "test_resnet" in methods
     assert next(e for e in results["ensembles"] if e["scheme"] == "mean_logit")["members"] == 1
+
+
+def test_bagging_draws_give_the_full_decomposition(tmp_path):
+    cfg = config.load(overrides=TINY + ["student.seeds=1", "train.epochs=1", "distill.teaching=cached",
+                                        "teachers=[{model: test_resnet, seeds: 2}]", "ensemble.draws=bootstrap"])
+    prep = prepare(cfg, tmp_path)
+    assert "full bias-variance-diversity decomposition over 2 bootstrap draws" in prep.decomposition_plan
+    results = run_experiment(prep, tmp_path)
+    ce = results["diagnostics"]["combiners"]["mean_logit"]
+    assert ce["reason"] in (None, "") and ce["terms"]["bias"] is not None
+    t = ce["terms"]
+    assert t["loss"] == pytest.approx(t["bias"] + t["variance"] - t["diversity"], abs=1e-6)
+
+
+def test_the_plan_says_what_a_full_decomposition_costs():
+    prep = prepare(config.load(overrides=TINY))
+    assert "teachers.*.seeds=2 (4 teacher trainings instead of 2)" in prep.decomposition_plan
+
+
+def test_bootstrap_resamples_train_with_replacement(shapes_bundle):
+    a, b = shapes_bundle.bootstrap(1), shapes_bundle.bootstrap(2)
+    n = len(shapes_bundle.train)
+    assert len(a.train) == n and a.val is shapes_bundle.val and a.test is shapes_bundle.test
+    rows = a.train.source_index.tolist()
+    assert len(set(rows)) < n  # drawn with replacement: some rows repeat, some are left out
+    assert rows != b.train.source_index.tolist()
+    assert torch.equal(shapes_bundle.bootstrap(1).train.y, a.train.y)  # seeded

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 import torch
@@ -144,6 +144,15 @@ class DataBundle:
             if augment and self.augment:
                 x = augment_batch(x, pad=pad, flip=self.flip, generator=generator)
             yield self._standardise(x), yb, ib
+
+    def bootstrap(self, seed: int) -> "DataBundle":
+        """The same bundle with a train split of N rows drawn with replacement (a bagging draw)."""
+        gen = torch.Generator().manual_seed(seed)
+        rows = torch.randint(0, len(self.train), (len(self.train),), generator=gen)
+        t = self.train
+        source = t.source_index[rows] if t.source_index is not None else None
+        resampled = Split(t.x[rows.to(t.x.device)], t.y[rows.to(t.y.device)], source)
+        return replace(self, train=resampled)
 
     def summary(self) -> dict[str, Any]:
         """Plain-dict description: name, split sizes, shape, device, streaming."""
