@@ -68,6 +68,24 @@ def _recovery_text(recovery: dict) -> str:
     return text
 
 
+def _teaching_text(teaching: dict) -> str:
+    if teaching["mode"] == "views":
+        return f"{teaching['views']['views']} cached views"
+    return f"{teaching['mode']} teachers" if teaching["mode"] == "live" else "plain logit cache"
+
+
+def _diagnostics_text(diag: dict) -> str:
+    """One line: the cross-entropy decomposition of the logit-average ensemble on test."""
+    if "combiners" not in diag:
+        return f"diagnostics: {diag.get('error', 'not computed')}"
+    t = diag["combiners"]["mean_logit"]["terms"]
+    text = (f"mean_logit test loss {t['loss']:.4f} = member loss {t['member_loss']:.4f} - diversity "
+            f"{t['diversity']:.4f}")
+    if t.get("bias") is not None:
+        text += f" (bias {t['bias']:.4f} + variance {t['variance']:.4f})"
+    return text
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kdlab")
 def main() -> None:
@@ -95,6 +113,7 @@ def run(config_file: str | None, preset_name: str | None, overrides: tuple[str, 
     click.echo(f"kdlab: {cfg.name} on {prep.data.name} ({len(prep.data.train)}/{len(prep.data.val)}/"
                f"{len(prep.data.test)} train/val/test images, {prep.data.num_classes} classes), "
                f"device {prep.device}, {prep.trainings} teacher training(s)", err=True)
+    click.echo(prep.decomposition_plan, err=True)
     for warning in prep.warnings:
         click.echo(f"warning: {warning}", err=True)
     bars = ProgressBars(enabled=not quiet)
@@ -113,7 +132,11 @@ def run(config_file: str | None, preset_name: str | None, overrides: tuple[str, 
     summary = results["summary"]
     recovery = summary["gain_recovery"]
     click.echo(f"\nstudent/teacher params {summary['student_to_teacher_params']:.2f}x; distilled from "
-               f"ensemble/{summary['target_scheme']}; gain recovery {_recovery_text(recovery)}")
+               f"ensemble/{summary['target_scheme']} ({_teaching_text(results['teaching'])}); "
+               f"gain recovery {_recovery_text(recovery)}")
+    click.echo(_diagnostics_text(results.get("diagnostics", {})))
+    for warning in results["warnings"][len(prep.warnings):]:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(f"\nresults: {Path(out) / 'results.json'}  ({results['seconds']:.1f} s)")
 
 
