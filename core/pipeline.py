@@ -9,6 +9,7 @@ half-written behind. `run_experiment` then writes into the output folder as it g
   teachers/<label>_s<seed>/  per-epoch checkpoints and final weights
   cache/          teacher logits per split (and per augmentation view), keyed by weights hash
   students/<kind>_s<seed>/  the same for every student
+  test_outputs.safetensors  per-example test outputs of every model (see save_test_outputs)
   results.json    rewritten atomically after every stage (status says how far it got)
 """
 
@@ -302,6 +303,57 @@ def student_stage(prep: Prepared, teaching: Teaching, plain_target: torch.Tensor
     return entries, models, test_logits
 
 
+GALLERY_SIZE = 16  # test images kept for the "where teachers disagree most" gallery
+
+
+def teacher_disagreement(test_logits: torch.Tensor) -> torch.Tensor:
+    """(N,) generalised Jensen-Shannon divergence of the draws' probabilities, in nats.
+
+    H(mean_i p_i) - mean_i H(p_i): zero when every draw gives the same distribution, largest when
+    confident draws pick different classes.
+    """
+    p = test_logits.float().softmax(dim=-1)  # (M, N, K)
+
+    def entropy(q: torch.Tensor) -> torch.Tensor:
+        return -(q * q.clamp_min(1e-12).log()).sum(dim=-1)
+
+    return entropy(p.mean(dim=0)) - entropy(p).mean(dim=0)
+
+
+def save_test_outputs(prep: Prepared, teachers: list[dict[str, Any]], member_logits: list[dict[str, torch.Tensor]],
+                      combined: dict[str, Combined], student_logits: dict[str, list[torch.Tensor]],
+                      path: Path) -> None:
+    """Everything the dashboard draws per test example, in one safetensors file.
+
+    Keys: `labels` (N,); `teacher/<label>/s<seed>` logits (N, K); `ensemble/<scheme>` probabilities;
+    `weights/<scheme>` per-example member weights (N, M); `student/<kind>/s<seed>` logits;
+    `gallery/index`, `gallery/images` (uint8) and `gallery/disagreement` for the test images where
+    the teachers disagree most.
+    """
+    tensors: dict[str, torch.Tensor] = {"labels": prep.data.test.y}
+    for t, z in zip(teachers, member_logits):
+        tensors[f"teacher/{t['name']}/s{t['seed']}"] = z["test"]
+    for scheme, result in combined.items():
+        tensors[f"ensemble/{scheme}"] = result.probs["test"]
+        if result.weights is not None:
+            tensors[f"weights/{scheme}"] = result.weights["test"]
+    for kind, per_seed in student_logits.items():
+        for s, z in enumerate(per_seed):
+            tensors[f"student/{kind}/s{s}"] = z
+    score = teacher_disagreement(torch.stack([z["test"] for z in member_logits]))
+    top = score.argsort(descending=True)[:GALLERY_SIZE]
+    tensors.update({"gallery/index": top, "gallery/disagreement": score[top],
+                    "gallery/images": prep.data.test.x[top.to(prep.data.test.x.device)]})
+    _save_tensors(tensors, path)
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)
+
+
 def diagnostics_stage(prep: Prepared, teachers: list[dict[str, Any]], member_logits: list[dict[str, torch.Tensor]],
                       student_logits: dict[str, list[torch.Tensor]]) -> dict[str, Any]:
     """Bias-variance-diversity, error correlation and calibration on test, from the cached logits."""
@@ -437,6 +489,8 @@ def run_experiment(prep: Prepared, out: Path, events: EventBus | None = None,
         results["students"] = students
         save()
 
+        save_test_outputs(prep, teachers, member_logits, combined, student_logits, out / "test_outputs.safetensors")
+        results["artifacts"] = {"test_outputs": "test_outputs.safetensors"}
         events.emit(Event("stage", "diagnostics", message="bias, variance, diversity"))
         try:
             results["diagnostics"] = diagnostics_stage(prep, teachers, member_logits, student_logits)

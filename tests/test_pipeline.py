@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from core import config
 from core.cache import CacheStats, teacher_logits, teacher_view_logits
 from core.data import ViewGrid
 from core.errors import ConfigError
 from core.models import ModelSpec, build_model
-from core.pipeline import prepare, run_experiment
+from core.pipeline import prepare, run_experiment, teacher_disagreement
 from core.report import COLUMNS
 from core.students import residual_weights
 
@@ -48,6 +50,7 @@ def test_results_schema(tiny_run):
     assert rows["student/kd"]["seeds"] == 2
     summary = results["summary"]
     assert summary["target_scheme"] == "mean_logit"
+    assert {"per_seed", "of_means"} <= set(summary["gain_recovery"])
     # One seed per teacher: the single-run form, and the reason the bias/variance split is missing.
     diag = results["diagnostics"]
     assert diag["members"] == ["test_resnet", "test_efficientnet"] and diag["draws"] == 1
@@ -55,7 +58,19 @@ def test_results_schema(tiny_run):
     assert ce["terms"]["bias"] is None and "seeds" in ce["reason"]
     assert ce["terms"]["loss"] == pytest.approx(ce["terms"]["member_loss"] - ce["terms"]["diversity"], abs=1e-6)
     assert set(diag["students"]) == {"scratch", "kd"} and diag["students"]["kd"]["seeds"] == 2
-    assert {"per_seed", "of_means"} <= set(summary["gain_recovery"])
+    outputs = load_file(str(out / results["artifacts"]["test_outputs"]))
+    n = results["dataset"]["test"]
+    assert outputs["labels"].shape == (n,) and outputs["teacher/test_resnet/s0"].shape == (n, 4)
+    assert outputs["weights/uncertainty"].shape == (n, 2) and outputs["student/kd/s1"].shape == (n, 4)
+    assert outputs["gallery/images"].dtype == torch.uint8 and outputs["gallery/images"].shape[0] == 16
+    assert (outputs["gallery/disagreement"].diff() <= 0).all()  # most disagreement first
+
+
+def test_disagreement_is_zero_for_agreeing_draws_and_largest_for_confident_conflict():
+    same = torch.tensor([[[2.0, 0.0]], [[2.0, 0.0]]])
+    conflict = torch.tensor([[[9.0, -9.0]], [[-9.0, 9.0]]])
+    assert teacher_disagreement(same).item() == pytest.approx(0.0, abs=1e-6)
+    assert teacher_disagreement(conflict).item() == pytest.approx(math.log(2), abs=1e-4)
 
 
 def test_rerun_reuses_teachers_and_logit_cache(tiny_run):
