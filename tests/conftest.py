@@ -10,6 +10,15 @@ from core.config import DataConfig, TrainConfig
 torch.set_num_threads(2)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def run_store_dir(tmp_path_factory):
+    """Point the default run store at a temporary folder, so no test writes into the repository."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("kdlab-runs")
+        mp.setenv("KDLAB_RUNS", str(path))
+        yield path
+
+
 @pytest.fixture(scope="session")
 def shapes_bundle():
     """400 grey 16 px images of 4 clearly distinct shapes, on the CPU."""
