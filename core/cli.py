@@ -10,6 +10,8 @@ import click
 from core import config as config_mod
 from core.errors import Cancelled, KdlabError
 from core.report import format_table
+from core.store import (DEFAULT_DIR, ENV_VAR, RUN_STATUSES, Heartbeat, RunStore, StoreRecorder,
+                        default_data_dir, expected_trainings, new_run_id)
 
 
 def _fail(err: KdlabError) -> None:
@@ -97,19 +99,40 @@ def main() -> None:
 @click.option("--preset", "preset_name", help="A bundled preset (see `kdlab presets`).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config value, e.g. --set train.epochs=5 --set teachers.0.model=resnet18.")
-@click.option("--out", required=True, type=click.Path(), help="Folder for config, events and results.")
+@click.option("--out", type=click.Path(),
+              help="Folder for config, events and results (default: a new folder in the run store).")
+@click.option("--store", "store_dir", type=click.Path(file_okay=False),
+              help=f"Run store folder (default ${ENV_VAR} or ./{DEFAULT_DIR}).")
+@click.option("--no-store", is_flag=True, help="Do not record the run in the run store (needs --out).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def run(config_file: str | None, preset_name: str | None, overrides: tuple[str, ...], out: str,
-        quiet: bool) -> None:
+def run(config_file: str | None, preset_name: str | None, overrides: tuple[str, ...], out: str | None,
+        store_dir: str | None, no_store: bool, quiet: bool) -> None:
     """Train the teachers of a config (file or preset) and write results into --out."""
-    from core.pipeline import prepare, run_experiment
-    from core.train import CancelToken, EventBus
+    from core.pipeline import prepare
 
+    if no_store and not out:
+        _fail(KdlabError("--out", "--no-store needs an output folder", "give --out DIR, or drop --no-store"))
     try:
         cfg = config_mod.load(config_file, preset_name, list(overrides))
-        prep = prepare(cfg, Path(out))
+        data_dir = Path(store_dir) if store_dir else default_data_dir()
+        run_id = new_run_id(cfg.name)
+        out_dir = Path(out) if out else data_dir / run_id
+        prep = prepare(cfg, out_dir)
+        store = None if no_store else RunStore(data_dir)
     except KdlabError as err:
         _fail(err)
+    hint = "run the same command again to resume" if out else \
+        f"resume with `kdlab resume {run_id}" + (f" --store {store_dir}`" if store_dir else "`")
+    _run_prepared(prep, out_dir, store, run_id, quiet, hint)
+
+
+def _run_prepared(prep, out: Path, store: RunStore | None, run_id: str, quiet: bool, resume_hint: str,
+                  resumed: bool = False) -> None:
+    """Run a prepared experiment, recording it in the store (if any), and print the tables."""
+    from core.pipeline import run_experiment
+    from core.train import CancelToken, EventBus
+
+    cfg = prep.cfg
     click.echo(f"kdlab: {cfg.name} on {prep.data.name} ({len(prep.data.train)}/{len(prep.data.val)}/"
                f"{len(prep.data.test)} train/val/test images, {prep.data.num_classes} classes), "
                f"device {prep.device}, {prep.trainings} teacher training(s)", err=True)
@@ -118,14 +141,43 @@ def run(config_file: str | None, preset_name: str | None, overrides: tuple[str, 
         click.echo(f"warning: {warning}", err=True)
     bars = ProgressBars(enabled=not quiet)
     cancel = CancelToken()
+    events = EventBus(bars)
+    recorder = heartbeat = None
+    if store is not None:
+        try:
+            run_id = _record_start(store, cfg, out, run_id, resumed)
+        except KdlabError as err:
+            _fail(err)
+        click.echo(f"run {run_id} in {store.data_dir}", err=True)
+        recorder = StoreRecorder(store, run_id, out, expected_trainings(cfg))
+        heartbeat = Heartbeat(store)
+        heartbeat.add(run_id, "running", recorder.flush)
+        events.subscribe(recorder)
+
+    def finish(status: str, results=None, error: str | None = None) -> None:
+        if store is None:
+            return
+        heartbeat.stop()
+        recorder.close()
+        try:
+            store.finish_run(run_id, status, results=results, error=error)
+        except KdlabError as err:
+            click.echo(f"warning: the run store was not updated: {err}", err=True)
+
     try:
-        results = run_experiment(prep, Path(out), EventBus(bars), cancel)
+        results = run_experiment(prep, out, events, cancel)
     except KdlabError as err:
+        finish("failed", error=str(err))
         _fail(err)
     except (Cancelled, KeyboardInterrupt):
         cancel.cancel()
-        click.echo("cancelled: checkpoints are kept; run the same command again to resume", err=True)
+        finish("cancelled")
+        click.echo(f"cancelled: checkpoints are kept; {resume_hint}", err=True)
         sys.exit(130)
+    except Exception as err:
+        finish("failed", error=f"{type(err).__name__}: {err}")
+        raise
+    finish("done", results)
     click.echo(format_teacher_table(results["teachers"]))
     click.echo("")
     click.echo(format_table(results["comparison"]))
@@ -138,6 +190,78 @@ def run(config_file: str | None, preset_name: str | None, overrides: tuple[str, 
     for warning in results["warnings"][len(prep.warnings):]:
         click.echo(f"warning: {warning}", err=True)
     click.echo(f"\nresults: {Path(out) / 'results.json'}  ({results['seconds']:.1f} s)")
+
+
+def _record_start(store: RunStore, cfg, out: Path, run_id: str, resumed: bool) -> str:
+    """Record the run as running: a new run, or (same folder run again) the earlier record of it."""
+    if resumed:
+        store.requeue(run_id)
+        store.start_run(run_id)
+        return run_id
+    earlier = store.find_by_dir(out)
+    if earlier is not None:
+        if earlier.status in ("queued", "running"):
+            raise KdlabError("--out", f"'{out}' is being written by run {earlier.id} ({earlier.status})",
+                             "wait for it, or choose another --out folder")
+        store.start_run(earlier.id)
+        return earlier.id
+    return store.create_run(cfg, source="cli", status="running", run_id=run_id, run_dir=out)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--store", "store_dir", type=click.Path(file_okay=False),
+              help=f"Run store folder (default ${ENV_VAR} or ./{DEFAULT_DIR}).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def resume(run_id: str, store_dir: str | None, quiet: bool) -> None:
+    """Continue an interrupted, failed or cancelled run of the store from its checkpoints."""
+    from core.pipeline import prepare
+
+    try:
+        store = RunStore(Path(store_dir) if store_dir else default_data_dir())
+        record = store.get_run(run_id)
+        if not record.resumable:
+            raise KdlabError(f"run {run_id}", f"cannot be resumed: it is {record.status}",
+                             "resume only interrupted, failed or cancelled runs")
+        if record.started is not None and not record.dir_exists:
+            record = store.get_run(run_id, require_dir=True)
+        cfg = config_mod.validate(record.config)
+        prep = prepare(cfg, record.run_dir)
+    except KdlabError as err:
+        _fail(err)
+    _run_prepared(prep, record.run_dir, store, run_id, quiet, "run the same command again to resume",
+                  resumed=True)
+
+
+@main.command()
+@click.option("--store", "store_dir", type=click.Path(file_okay=False),
+              help=f"Run store folder (default ${ENV_VAR} or ./{DEFAULT_DIR}).")
+@click.option("--status", "statuses", multiple=True, type=click.Choice(RUN_STATUSES),
+              help="Only runs with this status (repeatable).")
+@click.option("--limit", default=30, show_default=True, help="Show at most this many runs, newest first.")
+def runs(store_dir: str | None, statuses: tuple[str, ...], limit: int) -> None:
+    """List the runs in the run store (CLI and dashboard runs alike)."""
+    try:
+        store = RunStore(Path(store_dir) if store_dir else default_data_dir())
+        df = store.list_runs(list(statuses) or None, limit=limit)
+    except KdlabError as err:
+        _fail(err)
+    if df.empty:
+        click.echo(f"no runs in {store.data_dir}", err=True)
+        return
+    click.echo(format_runs(df))
+
+
+def format_runs(df) -> str:
+    """A plain-text table of runs: id, name, status, created, KD student test accuracy."""
+    width = max(24, int(df["id"].str.len().max()))
+    header = f"{'id':<{width + 2}}{'name':<18}{'status':<13}{'progress':>9}  {'created':<17}{'kd test acc':>12}"
+    lines = [header, "-" * len(header)]
+    for r in df.itertuples():
+        acc = "" if r.kd_test_acc != r.kd_test_acc or r.kd_test_acc is None else f"{r.kd_test_acc:.4f}"
+        lines.append(f"{r.id:<{width + 2}}{str(r.name)[:17]:<18}{r.status:<13}{r.progress * 100:>8.0f}%  "
+                     f"{r.created:%Y-%m-%d %H:%M}  {acc:>11}")
+    return "\n".join(lines)
 
 
 @main.command()

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+
+# Idle OpenMP threads sleep instead of spinning (set before torch loads libgomp). On the 2 shared
+# cores, spinning made tests/test_pipeline.py + tests/test_train.py take 250 s instead of 30 s, and
+# job worker threads each bring their own OpenMP team.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from core.config import DataConfig, TrainConfig
 
 torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def run_store_dir(tmp_path_factory):
+    """Point the default run store at a temporary folder, so no test writes into the repository."""
+    with pytest.MonkeyPatch.context() as mp:
+        path = tmp_path_factory.mktemp("kdlab-runs")
+        mp.setenv("KDLAB_RUNS", str(path))
+        yield path
 
 
 @pytest.fixture(scope="session")
