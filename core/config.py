@@ -163,6 +163,20 @@ def _format_validation_error(err: ValidationError) -> str:
     return f"{loc}: {msg}{got_text}"
 
 
+def problems(raw: dict[str, Any]) -> dict[str, str]:
+    """Every problem of a config dict, field path -> message (empty when it is valid); for forms."""
+    try:
+        RunConfig.model_validate(raw)
+    except ValidationError as err:
+        out: dict[str, str] = {}
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"]) or "config"
+            msg = e["msg"].removeprefix("Value error, ")
+            out.setdefault(loc, msg)
+        return out
+    return {}
+
+
 def validate(raw: dict[str, Any]) -> RunConfig:
     """Build a RunConfig from a dict, turning the first problem into a one-line ConfigError."""
     try:

@@ -425,6 +425,7 @@ def run_experiment(prep: Prepared, out: Path, events: EventBus | None = None,
     started = time.time()
     results: dict[str, Any] = {
         "schema_version": RESULTS_SCHEMA_VERSION, "name": prep.cfg.name, "dataset": prep.data.summary(),
+        "class_names": list(prep.data.class_names),
         "device": str(prep.device), "torch": torch.__version__, "status": "running",
         "warnings": list(prep.warnings)}
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
-import streamlit as st
+# Idle OpenMP threads sleep (see core/__init__.py); set before anything imports torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import streamlit as st  # noqa: E402
 
 # `streamlit run dashboard/app.py` puts dashboard/ on sys.path, not the project root.
 ROOT = Path(__file__).resolve().parent.parent
@@ -14,7 +18,14 @@ if str(ROOT) not in sys.path:
 
 st.set_page_config(page_title="kdlab", page_icon=str(ROOT / "assets" / "logo.png"), layout="wide")
 
+PAGES = ROOT / "dashboard" / "pages"
 pages = [
-    st.Page(str(ROOT / "dashboard" / "pages" / "setup.py"), title="Setup", icon=":material/tune:", default=True),
+    st.Page(str(PAGES / "setup.py"), title="Setup", icon=":material/tune:", default=True),
+    st.Page(str(PAGES / "runs.py"), title="Runs", icon=":material/monitoring:"),
+    st.Page(str(PAGES / "tradeoff.py"), title="Trade-off", icon=":material/scatter_plot:"),
+    st.Page(str(PAGES / "diagnostics.py"), title="Diagnostics", icon=":material/insights:"),
+    st.Page(str(PAGES / "compare.py"), title="Compare", icon=":material/compare:"),
 ]
+if (PAGES / "learn.py").is_file():
+    pages.append(st.Page(str(PAGES / "learn.py"), title="Learn", icon=":material/school:"))
 st.navigation(pages).run()

@@ -37,3 +37,60 @@ def teacher_cards(run_json: str, num_classes: int, in_chans: int) -> pd.DataFram
         rows.append({"teacher": t.display, "model": t.model, "seeds": t.seeds,
                      "params": card["params"], "flops": card["flops"]})
     return pd.DataFrame(rows)
+
+
+@st.cache_resource
+def job_manager(data_dir: str | None = None):
+    """The one JobManager of this server process, shared by every browser session."""
+    from core.jobs import shared_manager
+    return shared_manager(data_dir)
+
+
+def run_store():
+    """The run store the job manager writes (the same SQLite file the CLI uses)."""
+    return job_manager().store
+
+
+def student_card(run_json: str, num_classes: int, in_chans: int) -> dict:
+    """Params and FLOPs of the student of a run config."""
+    cfg = RunConfig.model_validate(json.loads(run_json))
+    s = cfg.student
+    return model_card(ModelSpec(s.model, s.width, s.depth), num_classes, in_chans, cfg.data.image_size,
+                      field="student.model")
+
+
+def pick_run_with_results(key: str):
+    """A run chosen among those with results (the selected run first); None, with a message, if none."""
+    from core.errors import KdlabError
+    store = run_store()
+    runs = store.list_runs()
+    done = [r for r in runs["id"]] if not runs.empty else []
+    done = [r for r, status in zip(runs["id"], runs["status"]) if status == "done"] if done else []
+    if not done:
+        st.info("No finished run yet: launch one on the Setup page and come back when it is done.")
+        return None
+    selected = st.session_state.get("selected_run")
+    run_id = st.selectbox("Run", done, index=done.index(selected) if selected in done else 0, key=key)
+    try:
+        run = store.get_run(run_id, require_dir=False)
+    except KdlabError as err:
+        st.warning(str(err))
+        return None
+    if not run.results or "comparison" not in run.results:
+        st.warning(f"run {run_id} has no stored results (its results.json is missing or unreadable)")
+        return None
+    return run
+
+
+@st.cache_data(show_spinner=False)
+def test_outputs(run_dir: str, name: str) -> dict | None:
+    """A run's per-example test outputs as numpy arrays (None when the file is missing or unreadable)."""
+    from pathlib import Path
+    from safetensors.numpy import load_file
+    path = Path(run_dir) / name
+    if not name or not path.is_file():
+        return None
+    try:
+        return load_file(str(path))
+    except Exception:  # noqa: BLE001 - a damaged artifact is reported, not raised
+        return None

@@ -8,7 +8,7 @@ import torch
 from timm.models import get_pretrained_cfg, split_model_name_tag
 from torch import nn
 
-from core.errors import ModelError
+from core.errors import KdlabError, ModelError
 from core.models import weights
 from core.models.catalog import resolve_name
 from core.models.cost import count_flops, count_params
@@ -129,3 +129,19 @@ def model_card(spec: ModelSpec, num_classes: int, in_chans: int, image_size: int
                              f"images ({weights.one_line(err)})", "pick another model or a larger "
                              "image_size") from None
     return {"name": spec.name, "params": count_params(model), "flops": flops}
+
+
+def pretrained_status(name: str, field: str = "teachers.0.pretrained") -> tuple[bool, str]:
+    """(available, a one-line status) of timm's published weights for `name`, without downloading."""
+    try:
+        cfg = _pretrained_cfg(name, field)
+    except KdlabError as err:
+        return False, str(err)
+    cached = weights.cached_pretrained_file(cfg)
+    if cached is not None:
+        return True, f"pretrained weights found in the local cache ({cached.name})"
+    host = weights.hub_host(cfg)
+    if weights.offline_by_env() or host is None or not weights.host_reachable(host):
+        return False, (f"pretrained weights for '{name}' are not cached and {host or 'the hub'} cannot be "
+                       "reached: set weights_file to a local checkpoint, or turn pretrained off")
+    return True, f"pretrained weights will be downloaded from {host}"

@@ -1,0 +1,42 @@
+"""Diagnostics: why the ensemble helps (bias, variance, diversity) and what the student inherits."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import figures
+from dashboard.state import pick_run_with_results, test_outputs
+
+st.title("Diagnostics")
+run = pick_run_with_results("diagnostics_run")
+if run is None:
+    st.stop()
+diag = run.results.get("diagnostics") or {}
+if "combiners" not in diag:
+    st.warning(f"This run has no diagnostics ({diag.get('error', 'not computed')}).")
+    st.stop()
+if diag["combiners"]["mean_logit"].get("reason"):
+    st.info(diag["combiners"]["mean_logit"]["reason"])
+st.plotly_chart(figures.bvd_bars(diag), width="stretch", key="bvd")
+left, right = st.columns(2)
+left.plotly_chart(figures.diversity_growth(diag), width="stretch", key="growth")
+right.plotly_chart(figures.student_variance(diag), width="stretch", key="student_variance")
+left, right = st.columns(2)
+left.plotly_chart(figures.error_correlation_heatmap(diag), width="stretch", key="error_correlation")
+right.plotly_chart(figures.reliability_diagram(diag), width="stretch", key="reliability")
+
+outputs = test_outputs(str(run.run_dir), run.results.get("artifacts", {}).get("test_outputs", ""))
+if outputs is None:
+    st.caption("Per-example outputs (test_outputs.safetensors) are missing for this run.")
+    st.stop()
+members = [t["name"] for t in run.results["teachers"]]
+if "weights/uncertainty" in outputs:
+    st.plotly_chart(figures.weights_histogram(outputs["weights/uncertainty"], members), width="stretch",
+                    key="weights_hist")
+teacher_keys = [k for k in outputs if k.startswith("teacher/")]
+probs = {k.removeprefix("teacher/"): outputs[k][outputs["gallery/index"]] for k in teacher_keys}
+class_names = run.results.get("class_names") or [str(i) for i in range(run.results["dataset"]["num_classes"])]
+st.subheader("Where the teachers disagree most")
+st.plotly_chart(figures.disagreement_gallery(outputs["gallery/images"], probs,
+                                             outputs["labels"][outputs["gallery/index"]], class_names),
+                width="stretch", key="gallery")
