@@ -15,8 +15,8 @@ import torch
 
 from core.diagnostics import (brier_terms, calibration, cross_entropy_terms, decompose, diagnose,
                               disagreement, diversity_growth, ece_many, error_correlation,
-                              group_member_major, order_by_val_nll,
-                              per_example_frame, student_terms, to_frames, zero_one_terms)
+                              group_member_major, order_by_val_nll, per_example_frame,
+                              pooled_calibration, student_terms, to_frames, zero_one_terms)
 from core.diagnostics.frames import (GROWTH_COLUMNS, MEMBER_COLUMNS, PAIRWISE_COLUMNS, PER_DRAW_COLUMNS,
                                      RELIABILITY_COLUMNS, TERM_COLUMNS)
 from core.errors import ConfigError, DataError
@@ -396,6 +396,63 @@ def test_diagnose_dict_and_frames() -> None:
     assert set(t[t.class_index >= 0]["class"]) <= {"w", "x", "y", "z"}
     examples = per_example_frame(decompose(z, y), y)
     assert len(examples[(examples.combiner == "vote") & (examples.term == "loss")]) == 50
+
+
+def test_member_and_student_reliability_pool_draws_and_seeds() -> None:
+    z, y = _random(2, 3, 40, 4, seed=15)
+    students = {"kd": torch.randn(2, 40, 4, generator=torch.Generator().manual_seed(16))}
+    cal = diagnose(z, y, member_names=["a", "b"], students=students, n_bins=10)["calibration"]
+    assert set(cal["members"]) == {"a", "b"} and set(cal["students"]) == {"kd"}
+    for bins in cal["members"].values():
+        assert sum(bins["count"]) == 3 * 40 and len(bins["count"]) == 10
+    assert sum(cal["students"]["kd"]["count"]) == 2 * 40
+    # pooled = the bins of the draws' probabilities concatenated, labels repeated
+    cat = torch.cat([z[1, j].double().softmax(-1) for j in range(3)])
+    expected = calibration(cat, y.repeat(3), n_bins=10)
+    assert cal["members"]["b"]["count"] == expected["count"]
+    assert cal["members"]["b"]["ece"] == pytest.approx(expected["ece"], abs=1e-12)
+    assert pooled_calibration(z[1].double().softmax(-1), y, 10)["ece"] == pytest.approx(expected["ece"], abs=1e-12)
+    assert set(cal["members"]["a"]) == set(cal["mean_logit"])  # same format as the ensembles' entries
+
+
+def test_pooled_ece_of_perfectly_calibrated_predictions_is_zero() -> None:
+    # draw 0: 10 examples at 0.8 on class 0 (8 right), 10 at 0.7 on class 1 (7 right);
+    # draw 1: every example at 0.55 on class 0 (11 of 20 right). Each draw, so the pool, is calibrated.
+    y = torch.tensor([0] * 8 + [1] * 2 + [1] * 7 + [0] * 3)
+    p = torch.tensor([[0.8, 0.2]] * 10 + [[0.3, 0.7]] * 10, dtype=torch.float64)
+    q = torch.tensor([[0.55, 0.45]] * 20, dtype=torch.float64)
+    logits = torch.stack([torch.stack([p.log(), q.log()])] * 2)  # (2 members, 2 draws, 20, 2)
+    diag = diagnose(logits, y, member_names=["a", "b"], students={"kd": torch.stack([p, q, p]).log()})
+    cal = diag["calibration"]
+    for bins in [*cal["members"].values(), cal["students"]["kd"]]:
+        assert bins["ece"] == pytest.approx(0.0, abs=1e-9)
+    assert sum(cal["students"]["kd"]["count"]) == 3 * 20
+    # the per-draw mean ECE is 0 too, the pooled bins hold both draws' confidences
+    assert diag["member_scores"][0]["test_ece"] == pytest.approx(0.0, abs=1e-9)
+    assert sum(c for c, f in zip(cal["members"]["a"]["count"], cal["members"]["a"]["confidence"])
+               if f is not None and abs(f - 0.55) < 1e-9) == 20
+
+
+def test_single_draw_member_ece_matches_member_scores() -> None:
+    z, y = _random(3, 1, 60, 5, seed=18)
+    diag = diagnose(z, y, member_names=["a", "b", "c"])
+    for score in diag["member_scores"]:
+        assert diag["calibration"]["members"][score["name"]]["ece"] == pytest.approx(score["test_ece"], abs=1e-12)
+
+
+def test_reliability_frame_has_ensembles_members_and_students() -> None:
+    z, y = _random(2, 2, 30, 3, seed=19)
+    students = {"kd": torch.randn(2, 30, 3, generator=torch.Generator().manual_seed(20))}
+    diag = diagnose(z, y, member_names=["a", "b"], students=students, n_bins=5)
+    rel = to_frames(diag)["reliability"]
+    assert list(rel.columns) == RELIABILITY_COLUMNS
+    assert set(rel["subject_kind"]) == {"ensemble", "member", "student"}
+    ens = rel[rel.subject_kind == "ensemble"]
+    assert set(ens["combiner"]) == {"mean_logit", "mean_prob"} and len(ens) == 2 * 5
+    assert set(rel[rel.subject_kind == "member"]["subject"]) == {"a", "b"}
+    assert rel[rel.subject_kind == "member"].groupby("subject")["count"].sum().tolist() == [2 * 30, 2 * 30]
+    assert rel[rel.subject_kind == "student"]["subject"].unique().tolist() == ["kd"]
+    assert int(rel[rel.subject_kind == "student"]["count"].sum()) == 2 * 30
 
 
 def test_pipeline_layout_and_uneven_draws() -> None:

@@ -14,7 +14,7 @@ Pure functions: no training, computed in float64 on the CPU.
 """
 
 from core.diagnostics.brier import brier_terms
-from core.diagnostics.calibration import calibration, ece_many
+from core.diagnostics.calibration import calibration, ece_many, pooled_calibration
 from core.diagnostics.crossentropy import cross_entropy_terms
 from core.diagnostics.decompose import decompose
 from core.diagnostics.frames import per_example_frame, to_frames
@@ -28,5 +28,5 @@ from core.diagnostics.zero_one import zero_one_terms
 
 __all__ = ["TERMS", "Decomposition", "as_draws", "brier_terms", "calibration", "cross_entropy_terms",
            "decompose", "diagnose", "disagreement", "diversity_growth", "ece_many", "error_correlation",
-           "group_member_major", "member_nll", "order_by_val_nll", "per_example_frame", "student_terms",
-           "to_frames", "zero_one_terms"]
+           "group_member_major", "member_nll", "order_by_val_nll", "per_example_frame", "pooled_calibration",
+           "student_terms", "to_frames", "zero_one_terms"]

@@ -16,6 +16,16 @@ def calibration(probs: Tensor, y: Tensor, n_bins: int = 15) -> dict:
     return {**bins, "ece": ece / sum(bins["count"])}
 
 
+def pooled_calibration(probs: Tensor, y: Tensor, n_bins: int = 15) -> dict:
+    """calibration() of B prediction sets pooled into one: probs (B, N, K), y (N,).
+
+    The B sets (a member's draws, a student's seeds) are concatenated into one (B * N, K) set with y
+    repeated B times, so the bins count B * N predictions and the ECE is the pooled set's ECE, not
+    the mean of the B per-set ECEs (the two agree when B = 1).
+    """
+    return calibration(probs.flatten(0, 1), y.repeat(probs.shape[0]), n_bins)
+
+
 def ece_many(probs: Tensor, y: Tensor, n_bins: int = 15) -> Tensor:
     """Top-label ECE of each of B prediction sets at once: probs (B, N, K), y (N,) -> (B,) float64.
 

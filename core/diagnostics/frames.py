@@ -12,7 +12,9 @@ TERM_COLUMNS = ["subject", "combiner", "loss_name", "term", "class", "class_inde
 PER_DRAW_COLUMNS = ["subject", "combiner", "draw", "term", "value"]
 GROWTH_COLUMNS = ["members", "added", "term", "value"]
 PAIRWISE_COLUMNS = ["metric", "member_a", "member_b", "value"]
-RELIABILITY_COLUMNS = ["combiner", "bin", "bin_lower", "bin_upper", "confidence", "accuracy", "count"]
+RELIABILITY_COLUMNS = ["subject_kind", "subject", "combiner", "bin", "bin_lower", "bin_upper", "confidence",
+                       "accuracy", "count"]
+BIN_FIELDS = RELIABILITY_COLUMNS[4:]
 MEMBER_COLUMNS = ["member", "metric", "value"]
 EXAMPLE_COLUMNS = ["example", "label", "combiner", "term", "value"]
 
@@ -21,6 +23,15 @@ def _subjects(diag: dict) -> list[tuple[str, dict]]:
     """(subject, combiners) pairs: the ensemble first, then each student."""
     students = [(name, s["combiners"]) for name, s in diag["students"].items()]
     return [("ensemble", diag["combiners"])] + students
+
+
+def _reliability_subjects(cal: dict) -> list[tuple[str, str, str, dict]]:
+    """(subject_kind, subject, combiner, bins): each ensemble combiner, then each member and student (pooled)."""
+    ensembles = [("ensemble", "ensemble", combiner, bins) for combiner, bins in cal.items()
+                 if isinstance(bins, dict) and "count" in bins]
+    members = [("member", name, "pooled", bins) for name, bins in cal.get("members", {}).items()]
+    students = [("student", name, "pooled", bins) for name, bins in cal.get("students", {}).items()]
+    return ensembles + members + students
 
 
 def _term_rows(diag: dict) -> list[dict]:
@@ -43,6 +54,8 @@ def to_frames(diag: dict) -> dict[str, pd.DataFrame]:
 
     terms: test mean (class "all", class_index -1) and per-class mean of every estimable term, for
     the ensemble (subject "ensemble") and each student (subject = its name).
+    reliability: one row per bin; subject_kind "ensemble" (subject "ensemble", combiner mean_logit or
+    mean_prob), "member" or "student" (subject = its name, combiner "pooled": its draws or seeds pooled).
     """
     per_draw = [{"subject": subject, "combiner": combiner, "draw": i, "term": term, "value": v}
                 for subject, combiners in _subjects(diag) for combiner, dec in combiners.items()
@@ -55,9 +68,10 @@ def to_frames(diag: dict) -> dict[str, pd.DataFrame]:
                  "value": math.nan if pair[metric][i][j] is None else pair[metric][i][j]}
                 for metric in ("error_correlation", "disagreement")
                 for i, a in enumerate(pair["members"]) for j, b in enumerate(pair["members"])]
-    reliability = [{"combiner": combiner, "bin": b, **{c: cal[c][b] for c in RELIABILITY_COLUMNS[2:]}}
-                   for combiner, cal in diag["calibration"].items() if isinstance(cal, dict)
-                   for b in range(len(cal["count"]))]
+    reliability = [{"subject_kind": kind, "subject": subject, "combiner": combiner, "bin": b,
+                    **{c: bins[c][b] for c in BIN_FIELDS}}
+                   for kind, subject, combiner, bins in _reliability_subjects(diag["calibration"])
+                   for b in range(len(bins["count"]))]
     members = [{"member": r["name"], "metric": metric, "value": r[metric]}
                for r in diag["member_scores"] for metric in ("test_nll", "test_acc", "test_ece", "val_nll")
                if r[metric] is not None]

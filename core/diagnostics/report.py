@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import Tensor
 
-from core.diagnostics.calibration import calibration, ece_many
+from core.diagnostics.calibration import calibration, ece_many, pooled_calibration
 from core.diagnostics.crossentropy import true_class
 from core.diagnostics.decompose import decompose_checked
 from core.diagnostics.growth import check_order, growth_from_log_probs, member_nll, order_from_nll
@@ -29,9 +29,11 @@ def _matrix(t: Tensor) -> list[list[float | None]]:
     return [[_num(v) for v in row] for row in t.tolist()]
 
 
-def _students(students: Mapping[str, Tensor | Sequence[Tensor]], y: Tensor, k: int, n_bins: int) -> dict:
-    """Each student's decompositions over its seeds (M = 1, D = S) and its ECE, mean over seeds."""
-    out = {}
+def _students(students: Mapping[str, Tensor | Sequence[Tensor]], y: Tensor, k: int,
+              n_bins: int) -> tuple[dict, dict]:
+    """Each student's decompositions over its seeds (M = 1, D = S) and its ECE, mean over seeds;
+    and each student's reliability bins with its seeds pooled (see pooled_calibration)."""
+    out, cal = {}, {}
     for name, logits in students.items():
         z = as_seeds(logits, f"student ({name})")  # (1, S, N, K)
         if tuple(z.shape[2:]) != (y.numel(), k):
@@ -43,7 +45,8 @@ def _students(students: Mapping[str, Tensor | Sequence[Tensor]], y: Tensor, k: i
         out[name] = {"seeds": z.shape[1], "reason": reason,
                      "combiners": {c: {**dec.to_dict(y, k), "reason": reason} for c, dec in decomps.items()},
                      "test_ece": float(ece_many(log_q[0].exp(), y, n_bins).mean())}
-    return out
+        cal[name] = pooled_calibration(log_q[0].exp(), y, n_bins)
+    return out, cal
 
 
 def diagnose(member_logits: Tensor | Sequence[Sequence[Tensor]], y: Tensor, *, member_names: Sequence[str],
@@ -57,6 +60,9 @@ def diagnose(member_logits: Tensor | Sequence[Sequence[Tensor]], y: Tensor, *, m
     group_member_major for a flat member-major list). y: (N,) test labels. val_logits, val_y: order
     the growth curve by val NLL (else `order`, else the given member order). students: name ->
     (S, N, K) or a list of S per-seed (N, K) test logits, e.g. {"kd": ..., "scratch": ...}.
+    calibration: reliability bins and ECE of each ensemble combiner (mean_logit, mean_prob), of each
+    member (calibration.members[name], its draws pooled) and of each student (calibration.students[name],
+    its seeds pooled).
     """
     z, note = as_draws(member_logits)
     m, d, n, k = z.shape
@@ -98,6 +104,7 @@ def diagnose(member_logits: Tensor | Sequence[Sequence[Tensor]], y: Tensor, *, m
     test_nll = -true_class(log_q, y).mean(dim=(1, 2))
     test_acc = (pred == y).to(torch.float64).mean(dim=(1, 2))
     test_ece = ece_many(log_q.flatten(0, 1).exp(), y, n_bins).view(m, d).mean(dim=1)
+    student_diag, student_cal = _students(students or {}, y, k, n_bins)
     return {
         "version": SCHEMA_VERSION,
         "members": names, "draws": d, "examples": n, "classes": k, "class_names": classes,
@@ -109,10 +116,15 @@ def diagnose(member_logits: Tensor | Sequence[Sequence[Tensor]], y: Tensor, *, m
                      "error_correlation": _matrix(error_correlation_from_predictions(pred, y)),
                      "disagreement": _matrix(disagreement_from_predictions(pred))},
         "calibration": {"ensemble": "all members x draws", "n_bins": n_bins,
-                        **{c: calibration(p, y, n_bins) for c, p in ensemble_probs.items()}},
+                        **{c: calibration(p, y, n_bins) for c, p in ensemble_probs.items()},
+                        # each member's draws and each student's seeds pooled into one set of bins
+                        "pooled": "members: all draws concatenated; students: all seeds concatenated",
+                        "members": {name: pooled_calibration(log_q[i].exp(), y, n_bins)
+                                    for i, name in enumerate(names)},
+                        "students": student_cal},
         "member_scores": [{"name": name, "test_nll": float(test_nll[i]), "test_acc": float(test_acc[i]),
                            "test_ece": float(test_ece[i]),
                            "val_nll": float(val_nll[i]) if val_nll is not None else None}
                           for i, name in enumerate(names)],
-        "students": _students(students or {}, y, k, n_bins),
+        "students": student_diag,
     }
