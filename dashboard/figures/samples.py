@@ -1,10 +1,12 @@
-"""Pure figure builders: frames or arrays in, plotly figures out (unit-tested without a browser)."""
+"""Setup page figures: sample images of a data set and the models' cost."""
 
 from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+from dashboard.figures.base import image_trace
 
 
 def sample_grid(images: np.ndarray, labels: list[str], columns: int = 8) -> go.Figure:
@@ -17,12 +19,7 @@ def sample_grid(images: np.ndarray, labels: list[str], columns: int = 8) -> go.F
                         horizontal_spacing=0.01, vertical_spacing=0.06)
     for i, image in enumerate(images):
         r, c = divmod(i, columns)
-        if image.shape[0] == 1:
-            trace = go.Heatmap(z=image[0][::-1], colorscale="gray",
-                               showscale=False, hoverinfo="skip")
-        else:
-            trace = go.Image(z=np.transpose(image, (1, 2, 0)), hoverinfo="skip")
-        fig.add_trace(trace, row=r + 1, col=c + 1)
+        fig.add_trace(image_trace(image), row=r + 1, col=c + 1)
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False, scaleanchor="x")
     fig.update_layout(height=110 * rows + 40, margin=dict(l=0, r=0, t=30, b=0),

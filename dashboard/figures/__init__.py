@@ -1,0 +1,30 @@
+"""Pure figure builders: frames, dicts or arrays in, plotly figures out (unit-tested without a browser).
+
+No streamlit here. Inputs are what a run writes (results.json, test_outputs.safetensors, events)
+or small numbers for the Learn page. Bad input (a missing column or key, wrong shapes) raises
+ValueError with a message naming what to pass; input with nothing to draw yet (no rows, no
+students, a diagnostics dict that recorded an error) gives `empty_figure(message)`, which
+`is_empty` recognises.
+
+    from dashboard import figures
+    figures.tradeoff(results["comparison"], x="params")
+"""
+
+from dashboard.figures.base import KIND_COLOURS, empty_figure, is_empty
+from dashboard.figures.compare import ABSENT, config_diff, flatten
+from dashboard.figures.curves import MAX_POINTS, downsample, source_kind, training_curves
+from dashboard.figures.diagnostics import (bins_ece, bvd_bars, disagreement_heatmap, diversity_growth,
+                                           error_correlation_heatmap, reliability_diagram, student_variance)
+from dashboard.figures.outputs import disagreement_gallery, weights_histogram
+from dashboard.figures.samples import model_cost_bars, sample_grid
+from dashboard.figures.teaching import (averaging_demo, centroid_demo, centroids, deployment_cost,
+                                        kd_gradient_scale, kd_loss_parts, softmax, softmax_temperature)
+from dashboard.figures.pareto import COSTS, pareto_front, tradeoff
+
+__all__ = ["ABSENT", "COSTS", "KIND_COLOURS", "MAX_POINTS", "averaging_demo", "bins_ece", "bvd_bars",
+           "centroid_demo", "centroids", "config_diff", "deployment_cost", "disagreement_gallery",
+           "disagreement_heatmap", "diversity_growth", "downsample", "empty_figure",
+           "error_correlation_heatmap", "flatten", "is_empty", "kd_gradient_scale", "kd_loss_parts",
+           "model_cost_bars", "pareto_front", "reliability_diagram", "sample_grid", "softmax",
+           "softmax_temperature", "source_kind", "student_variance", "tradeoff", "training_curves",
+           "weights_histogram"]
