@@ -25,7 +25,6 @@ pages = [
     st.Page(str(PAGES / "tradeoff.py"), title="Trade-off", icon=":material/scatter_plot:"),
     st.Page(str(PAGES / "diagnostics.py"), title="Diagnostics", icon=":material/insights:"),
     st.Page(str(PAGES / "compare.py"), title="Compare", icon=":material/compare:"),
+    st.Page(str(PAGES / "learn.py"), title="Learn", icon=":material/school:"),
 ]
-if (PAGES / "learn.py").is_file():
-    pages.append(st.Page(str(PAGES / "learn.py"), title="Learn", icon=":material/school:"))
 st.navigation(pages).run()

@@ -37,9 +37,10 @@ def test_setup_page_shows_samples_and_teacher_costs(setup_page):
     assert len(charts) == 2
     grid = charts[0]
     assert len(grid["data"]) >= 10  # at least one image per class
-    teachers = at.dataframe[0].value
+    teachers = next(d.value for d in at.dataframe if "flops" in d.value.columns)
     assert list(teachers["model"]) == ["resnet10t", "test_efficientnet", "test_byobnet"]
     assert (teachers["params"] > 0).all() and (teachers["flops"] > 0).all()
+    assert len(charts[1]["data"][0]["x"]) == 4  # three teachers and the student
     assert any("kdlab run --preset digits-demo" in c.value for c in at.code)
 
 

@@ -22,13 +22,26 @@ st.caption("Ensemble image classifiers, then distil the ensemble into one small,
 presets = config_mod.list_presets()
 preset_name = st.selectbox("Preset", presets, index=0, key="preset",
                            help="Bundled experiment settings; digits-demo runs on any CPU in about a minute.")
+# Widgets keep their own state under these keys; a newly loaded config must reset them to its values.
+FORM_KEYS = ("data_name", "image_size", "teachers", "scheme", "temperature", "alpha", "loss", "teaching",
+             "student_model", "student_width", "student_seeds", "epochs", "student_epochs", "device")
+
+
+def load_form(raw_config: dict, source: str) -> None:
+    st.session_state["raw"] = raw_config
+    st.session_state["raw_from"] = source
+    for key in FORM_KEYS:
+        st.session_state.pop(key, None)
+
+
 loaded = st.session_state.pop("loaded_config", None)  # from the Compare page
 if loaded is not None:
-    st.session_state["raw"] = loaded
-    st.session_state["raw_from"] = "loaded"
-elif st.session_state.get("raw_from") != preset_name:
-    st.session_state["raw"] = config_mod.preset(preset_name)
-    st.session_state["raw_from"] = preset_name
+    load_form(loaded, "loaded")
+elif st.session_state.get("preset_seen") != preset_name or "raw" not in st.session_state:
+    load_form(config_mod.preset(preset_name), preset_name)  # a preset picked (or the first visit)
+st.session_state["preset_seen"] = preset_name
+if st.session_state["raw_from"] == "loaded":
+    st.info("Editing a config loaded from the Compare page; pick a preset to start over.")
 raw = copy.deepcopy(st.session_state["raw"])
 problems: dict[str, str] = {}
 

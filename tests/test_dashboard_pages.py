@@ -1,0 +1,110 @@
+"""Every dashboard page's logic through AppTest: validation, a tiny job launched and its results shown."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import config
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "dashboard" / "app.py")
+PAGES = ROOT / "dashboard" / "pages"
+TINY = {"name": "tiny", "data": {"name": "shapes", "count": 240, "image_size": 16},
+        "teachers": [{"model": "test_resnet", "seeds": 2}, {"model": "test_efficientnet"}],
+        "student": {"model": "test_byobnet", "width": None, "seeds": 2},
+        "train": {"epochs": 2, "batch_size": 32}}
+
+
+def page(name: str) -> AppTest:
+    """A page script run on its own (the project root is on sys.path in tests)."""
+    return AppTest.from_file(str(PAGES / f"{name}.py"), default_timeout=120)
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+@pytest.fixture(scope="module")
+def finished_run():
+    """A tiny run launched from the Setup page and trained by the shared JobManager."""
+    at = page("setup")
+    at.session_state["loaded_config"] = TINY
+    at.run()
+    assert not at.exception, at.exception
+    assert not any("Fix before launching" in h.value for h in at.subheader)
+    at.button(key="launch").click().run()
+    assert not at.exception, at.exception
+    run_id = at.session_state["selected_run"]
+    assert any(run_id in s.value for s in at.success)
+    from dashboard.state import job_manager
+    assert job_manager().wait(run_id, timeout=600) == "done"
+    return run_id
+
+
+def test_setup_validates_inline_and_blocks_launch():
+    at = page("setup")
+    at.run()
+    at.text_input(key="student_model").set_value("no_such_net_xyz").run()
+    assert not at.exception
+    assert any("student.model" in e.value for e in at.error), [e.value for e in at.error]
+
+
+def test_setup_shows_the_scheme_formula_and_student_ratio():
+    at = page("setup")
+    at.run()
+    at.selectbox(key="scheme").set_value("uncertainty").run()
+    assert any("Dirichlet" in c.value for c in at.code)
+    ratio = next(m for m in at.metric if m.label == "student params")
+    assert "x the mean teacher" in ratio.delta
+
+
+def test_runs_page_lists_the_run_with_progress_and_curves(finished_run):
+    at = page("runs")
+    at.session_state["selected_run"] = finished_run
+    at.run()
+    assert not at.exception, at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["status"] == "done" and metrics["progress"] == "100%"
+    assert len(charts(at)) == 2  # val loss and val accuracy per model per epoch
+
+
+def test_tradeoff_page_plots_and_offers_the_csv(finished_run):
+    at = page("tradeoff")
+    at.session_state["selected_run"] = finished_run
+    at.run()
+    assert not at.exception, at.exception
+    assert len(charts(at)) == 2
+    assert at.get("download_button")
+    table = at.dataframe[0].value
+    assert {"teacher", "ensemble", "student"} <= set(table["kind"])
+
+
+def test_diagnostics_page_draws_every_panel(finished_run):
+    at = page("diagnostics")
+    at.session_state["selected_run"] = finished_run
+    at.run()
+    assert not at.exception, at.exception
+    assert len(charts(at)) >= 7  # bvd, growth, student variance, correlation, reliability, weights, gallery
+
+
+def test_compare_loads_a_config_back_into_setup(finished_run):
+    at = page("compare")
+    at.run()
+    assert not at.exception, at.exception
+    assert finished_run in list(at.dataframe[0].value["run"])
+
+
+def test_a_run_without_results_shows_a_message(finished_run, tmp_path):
+    from dashboard.state import run_store
+    store = run_store()
+    run_id = store.create_run(config.validate(TINY).to_dict(), name="broken", run_dir=tmp_path / "gone")
+    store.finish_run(run_id, "done")  # finished, but its results never reached the store
+    at = page("tradeoff")
+    at.session_state["selected_run"] = run_id
+    at.run()
+    assert not at.exception, at.exception
+    assert any("no stored results" in w.value for w in at.warning)
