@@ -94,8 +94,9 @@ class Prepared:
         """What the diagnostics can decompose with this config, and what a full decomposition costs."""
         draws = min(m.cfg.seeds for m in self.members)
         if draws >= 2:
-            return (f"diagnostics: full bias-variance-diversity decomposition over {draws} "
-                    f"{self.cfg.ensemble.draws} draws per teacher ({self.trainings} teacher trainings)")
+            how = "bootstrap resamples" if self.cfg.ensemble.draws == "bootstrap" else "seeds"
+            return (f"diagnostics: full bias-variance-diversity decomposition over {draws} draws per "
+                    f"teacher ({how}; {self.trainings} teacher trainings)")
         full = sum(max(m.cfg.seeds, 2) for m in self.members)
         return (f"diagnostics: single-run form only (loss = member loss - diversity); the bias/variance "
                 f"split needs >= 2 draws per teacher: set teachers.*.seeds=2 ({full} teacher trainings "

@@ -191,7 +191,7 @@ def test_bagging_draws_give_the_full_decomposition(tmp_path):
     cfg = config.load(overrides=TINY + ["student.seeds=1", "train.epochs=1", "distill.teaching=cached",
                                         "teachers=[{model: test_resnet, seeds: 2}]", "ensemble.draws=bootstrap"])
     prep = prepare(cfg, tmp_path)
-    assert "full bias-variance-diversity decomposition over 2 bootstrap draws" in prep.decomposition_plan
+    assert "full bias-variance-diversity decomposition over 2 draws per teacher (bootstrap" in prep.decomposition_plan
     results = run_experiment(prep, tmp_path)
     ce = results["diagnostics"]["combiners"]["mean_logit"]
     assert ce["reason"] in (None, "") and ce["terms"]["bias"] is not None
