@@ -11,7 +11,7 @@ from core.errors import ConfigError
 def test_every_preset_validates_and_default_is_first():
     names = config.list_presets()
     assert names[0] == "digits-demo"
-    assert "cifar10-gpu" in names
+    assert {"cifar10-gpu", "class-quick", "class-bias-variance", "class-bagging"} <= set(names)
     for name in names:
         cfg = config.load(preset_name=name)
         assert cfg.teachers, name

@@ -24,7 +24,7 @@ preset_name = st.selectbox("Preset", presets, index=0, key="preset",
                            help="Bundled experiment settings; digits-demo runs on any CPU in about a minute.")
 # Widgets keep their own state under these keys; a newly loaded config must reset them to its values.
 FORM_KEYS = ("data_name", "image_size", "teachers", "scheme", "temperature", "alpha", "loss", "teaching",
-             "student_model", "student_width", "student_seeds", "epochs", "student_epochs", "device")
+             "student_model", "student_width", "student_depth", "student_seeds", "epochs", "student_epochs", "device")
 
 
 def load_form(raw_config: dict, source: str) -> None:
@@ -108,11 +108,13 @@ with student_tab:
     s["model"] = a.text_input("Student timm model", s.get("model", "resnet10t"), key="student_model")
     s["width"] = b.number_input("Student width (empty = the model as published)", 0.05, 4.0, s.get("width"), 0.125,
                                 key="student_width")
-    s["seeds"] = c.number_input("Student seeds", 1, 20, int(s.get("seeds", 3)), key="student_seeds")
-    tr["epochs"] = a.number_input("Epochs", 1, 10_000, int(tr.get("epochs", 10)), key="epochs")
-    s["epochs"] = b.number_input("Student epochs (0 = same)", 0, 10_000, int(s.get("epochs") or 0), key="student_epochs") or None
+    s["depth"] = c.number_input("Student depth (empty = as published)", 0.05, 4.0, s.get("depth"), 0.25,
+                                key="student_depth")
+    s["seeds"] = a.number_input("Student seeds", 1, 20, int(s.get("seeds", 3)), key="student_seeds")
+    tr["epochs"] = b.number_input("Epochs", 1, 10_000, int(tr.get("epochs", 10)), key="epochs")
+    s["epochs"] = c.number_input("Student epochs (0 = same)", 0, 10_000, int(s.get("epochs") or 0), key="student_epochs") or None
     devices = ["auto", "cpu", "cuda"]
-    raw["device"] = c.selectbox("Device", devices, index=devices.index(raw.get("device", "auto"))
+    raw["device"] = a.selectbox("Device", devices, index=devices.index(raw.get("device", "auto"))
                                 if raw.get("device", "auto") in devices else 0, key="device")
 
 problems = config_mod.problems(raw)
