@@ -16,6 +16,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -57,8 +58,7 @@ def main() -> None:
         teachings = {}
         for mode in ("cached", "views", "live"):
             mode_cfg = cfg.model_copy(update={"distill": cfg.distill.model_copy(update={"teaching": mode})})
-            teachings[mode] = teaching_stage(prep.__class__(mode_cfg, prep.device, prep.data, prep.members,
-                                                            prep.student), target, draws, out, stats)
+            teachings[mode] = teaching_stage(replace(prep, cfg=mode_cfg), target, draws, out, stats)
         teachings["scratch"] = teachings["cached"]
         seconds = {mode: [] for mode in MODES}
         accs = {mode: [] for mode in MODES}

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from core.atomic import write_tensors
 from core.data.views import ViewGrid
 from core.device import precision_for
 from core.train.tasks import predict_logits
@@ -69,13 +69,6 @@ def _load(path: Path, shapes: dict[str, tuple[int, ...]], device: torch.device) 
     return None
 
 
-def _save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({name: t.detach().cpu().contiguous() for name, t in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
-
-
 def teacher_logits(model: nn.Module, weights_hash: str, data, folder: Path,
                    stats: CacheStats | None = None) -> dict[str, torch.Tensor]:
     """Logits (fp32, on the data's device) of one teacher on every split, from the cache if present."""
@@ -90,7 +83,7 @@ def teacher_logits(model: nn.Module, weights_hash: str, data, folder: Path,
     for split in SPLITS:
         batches = data.batches(split, 1024, shuffle=False, augment=False)
         logits[split], _ = predict_logits(model, batches, data.device, precision)
-    _save(logits, path)
+    write_tensors(logits, path)
     if stats:
         stats.misses += 1
     return logits
@@ -113,7 +106,7 @@ def teacher_view_logits(model: nn.Module, weights_hash: str, data, grid: ViewGri
                    for x, y, idx in data.batches("train", 1024, shuffle=False, augment=False))
         per_view.append(predict_logits(model, batches, data.device, precision)[0])
     logits = torch.stack(per_view)
-    _save({"train": logits}, path)
+    write_tensors({"train": logits}, path)
     if stats:
         stats.misses += 1
     return logits

@@ -146,6 +146,19 @@ class RunConfig(_Strict):
         """Plain dict (JSON/YAML-ready)."""
         return json.loads(self.model_dump_json())
 
+    def decomposition_plan(self) -> str:
+        """What the diagnostics can decompose with this config, and what a full decomposition costs."""
+        trainings = sum(t.seeds for t in self.teachers)
+        draws = min(t.seeds for t in self.teachers)
+        if draws >= 2:
+            how = "bootstrap resamples" if self.ensemble.draws == "bootstrap" else "seeds"
+            return (f"diagnostics: full bias-variance-diversity decomposition over {draws} draws per "
+                    f"teacher ({how}; {trainings} teacher trainings)")
+        full = sum(max(t.seeds, 2) for t in self.teachers)
+        return (f"diagnostics: single-run form only (loss = member loss - diversity); the bias/variance "
+                f"split needs >= 2 draws per teacher: set teachers.*.seeds=2 ({full} teacher trainings "
+                f"instead of {trainings})")
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 

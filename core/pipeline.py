@@ -29,6 +29,7 @@ import yaml
 from torch import nn
 
 from core import report
+from core.atomic import write_json, write_tensors
 from core.bench import ensemble_cost, measure
 from core.cache import SPLITS, CacheStats, file_hash, teacher_logits, teacher_view_logits
 from core.config import RunConfig, TeacherConfig
@@ -91,16 +92,7 @@ class Prepared:
 
     @property
     def decomposition_plan(self) -> str:
-        """What the diagnostics can decompose with this config, and what a full decomposition costs."""
-        draws = min(m.cfg.seeds for m in self.members)
-        if draws >= 2:
-            how = "bootstrap resamples" if self.cfg.ensemble.draws == "bootstrap" else "seeds"
-            return (f"diagnostics: full bias-variance-diversity decomposition over {draws} draws per "
-                    f"teacher ({how}; {self.trainings} teacher trainings)")
-        full = sum(max(m.cfg.seeds, 2) for m in self.members)
-        return (f"diagnostics: single-run form only (loss = member loss - diversity); the bias/variance "
-                f"split needs >= 2 draws per teacher: set teachers.*.seeds=2 ({full} teacher trainings "
-                f"instead of {self.trainings})")
+        return self.cfg.decomposition_plan()
 
 
 def _unique_labels(teachers: list[TeacherConfig]) -> list[str]:
@@ -168,12 +160,6 @@ def prepare(cfg: RunConfig, out: Path | None = None) -> Prepared:
 def _fingerprint(*parts: Any) -> str:
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def _atomic_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 class JsonlWriter:
@@ -345,14 +331,7 @@ def save_test_outputs(prep: Prepared, teachers: list[dict[str, Any]], member_log
     top = score.argsort(descending=True)[:GALLERY_SIZE]
     tensors.update({"gallery/index": top, "gallery/disagreement": score[top],
                     "gallery/images": prep.data.test.x[top.to(prep.data.test.x.device)]})
-    _save_tensors(tensors, path)
-
-
-def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
+    write_tensors(tensors, path)
 
 
 def diagnostics_stage(prep: Prepared, teachers: list[dict[str, Any]], member_logits: list[dict[str, torch.Tensor]],
@@ -437,7 +416,7 @@ def run_experiment(prep: Prepared, out: Path, events: EventBus | None = None,
     def save(status: str = "running") -> None:
         results["status"] = status
         results["seconds"] = time.time() - started
-        _atomic_json(results, out / "results.json")
+        write_json(results, out / "results.json", indent=2)
 
     try:
         events.emit(Event("stage", "teachers", message=f"training {prep.trainings} teacher draw(s)",

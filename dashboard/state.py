@@ -63,9 +63,8 @@ def pick_run_with_results(key: str):
     """A run chosen among those with results (the selected run first); None, with a message, if none."""
     from core.errors import KdlabError
     store = run_store()
-    runs = store.list_runs()
-    done = [r for r in runs["id"]] if not runs.empty else []
-    done = [r for r, status in zip(runs["id"], runs["status"]) if status == "done"] if done else []
+    runs = store.list_runs(status="done")
+    done = [] if runs.empty else list(runs["id"])
     if not done:
         st.info("No finished run yet: launch one on the Setup page and come back when it is done.")
         return None

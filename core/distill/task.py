@@ -19,34 +19,51 @@ from core.device import precision_for
 from core.distill.losses import kd_loss
 
 
-class DistillationTask:
-    """alpha * KD(target_T || student_T) + (1 - alpha) * CE, with the target looked up by example index.
+class _KDTask:
+    """alpha * KD(target_T || student_T) + (1 - alpha) * CE; subclasses say where the target comes from."""
 
-    `target` is (N_train, K) ensemble probabilities on the plain train split, or (V * N_train, K) with
-    `views` (row view * N_train + n holds example n in view v), on the training device. `weights`
-    (N_train,) optionally re-weights examples (residual re-weighting rounds).
-    """
+    views = None  # a ViewGrid when the loop should show named views (see core.train.tasks.Task)
 
-    def __init__(self, target: Tensor, temperature: float, alpha: float, loss: str = "hinton",
-                 weights: Tensor | None = None, views=None) -> None:
-        self.target = target
+    def __init__(self, temperature: float, alpha: float, loss: str = "hinton",
+                 weights: Tensor | None = None) -> None:
         self.temperature = temperature
         self.alpha = alpha
         self.loss = loss
-        self.weights = weights
-        self.views = views
+        self.weights = weights  # (N_train,) per-example weights (residual re-weighting rounds)
+
+    def target_for(self, x: Tensor, idx: Tensor) -> Tensor:
+        """Ensemble probabilities (B, K) for the batch."""
+        raise NotImplementedError
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor) -> dict[str, Tensor]:
+        target = self.target_for(x, idx)
         logits = model(x)
+        # With views, idx numbers (view, row) pairs: the weight belongs to the row.
         weights = self.weights[idx % self.weights.shape[0]] if self.weights is not None else None
-        out = kd_loss(self.loss, logits.float(), self.target[idx], y, self.temperature, self.alpha,
-                      weights=weights)
+        out = kd_loss(self.loss, logits.float(), target, y, self.temperature, self.alpha, weights=weights)
         out["logits"] = logits
         return out
 
 
-class LiveDistillationTask:
-    """The same loss, with the target computed by running every teacher on the student's batch.
+class DistillationTask(_KDTask):
+    """The target looked up by example index in cached ensemble probabilities.
+
+    `target` is (N_train, K) ensemble probabilities on the plain train split, or (V * N_train, K) with
+    `views` (row view * N_train + n holds example n in view v), on the training device.
+    """
+
+    def __init__(self, target: Tensor, temperature: float, alpha: float, loss: str = "hinton",
+                 weights: Tensor | None = None, views=None) -> None:
+        super().__init__(temperature, alpha, loss, weights)
+        self.target = target
+        self.views = views
+
+    def target_for(self, x: Tensor, idx: Tensor) -> Tensor:
+        return self.target[idx]
+
+
+class LiveDistillationTask(_KDTask):
+    """The target computed by running every teacher on the student's batch.
 
     `combine` maps member logits (M, B, K) to ensemble probabilities (B, K): the fitted rule of the
     ensemble scheme (`Combined.predict`). Teachers run in eval mode without gradients.
@@ -54,13 +71,9 @@ class LiveDistillationTask:
 
     def __init__(self, teachers: Sequence[nn.Module], combine: Callable[[Tensor], Tensor], temperature: float,
                  alpha: float, loss: str = "hinton", weights: Tensor | None = None) -> None:
+        super().__init__(temperature, alpha, loss, weights)
         self.teachers = list(teachers)
         self.combine = combine
-        self.temperature = temperature
-        self.alpha = alpha
-        self.loss = loss
-        self.weights = weights
-        self.views = None
 
     @torch.no_grad()
     def target(self, x: Tensor) -> Tensor:
@@ -73,10 +86,5 @@ class LiveDistillationTask:
                 outs.append(teacher(x).float())
         return self.combine(torch.stack(outs))
 
-    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor) -> dict[str, Tensor]:
-        target = self.target(x)
-        logits = model(x)
-        weights = self.weights[idx] if self.weights is not None else None
-        out = kd_loss(self.loss, logits.float(), target, y, self.temperature, self.alpha, weights=weights)
-        out["logits"] = logits
-        return out
+    def target_for(self, x: Tensor, idx: Tensor) -> Tensor:
+        return self.target(x)

@@ -11,31 +11,19 @@ never leaves a half-written checkpoint):
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-
-def _atomic_write_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    # clone: safetensors refuses tensors that share storage (tied weights, views)
-    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)
-
-
-def _atomic_write_json(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+from core.atomic import write_json, write_tensors
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
     """Write a model's state dict as safetensors, atomically."""
-    _atomic_write_tensors(model.state_dict(), Path(path))
+    write_tensors(model.state_dict(), Path(path))
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
@@ -78,8 +66,8 @@ def save_checkpoint(folder: Path, model: nn.Module, opt: torch.optim.Optimizer,
     tensors, meta = _flatten_optimizer(opt)
     tensors["rng.data"] = generator.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
-    _atomic_write_tensors(tensors, folder / "last.optim.safetensors")
-    _atomic_write_json({**info, "optimizer": meta}, folder / "last.json")
+    write_tensors(tensors, folder / "last.optim.safetensors")
+    write_json({**info, "optimizer": meta}, folder / "last.json")
 
 
 def read_checkpoint_info(folder: Path) -> dict[str, Any] | None:

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import streamlit as st
 
 from dashboard import figures
 from dashboard.state import pick_run_with_results, test_outputs
 
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 st.title("Diagnostics")
@@ -43,7 +36,7 @@ if "weights/uncertainty" in outputs:
     st.plotly_chart(figures.weights_histogram(outputs["weights/uncertainty"], members), width="stretch",
                     key="weights_hist")
 teacher_keys = [k for k in outputs if k.startswith("teacher/")]
-probs = {k.removeprefix("teacher/"): softmax(outputs[k][outputs["gallery/index"]]) for k in teacher_keys}
+probs = {k.removeprefix("teacher/"): figures.softmax(outputs[k][outputs["gallery/index"]]) for k in teacher_keys}
 class_names = run.results.get("class_names") or [str(i) for i in range(run.results["dataset"]["num_classes"])]
 st.subheader("Where the teachers disagree most")
 st.plotly_chart(figures.disagreement_gallery(outputs["gallery/images"], probs,

@@ -12,7 +12,7 @@ from core.data import list_datasets
 from core.distill import kd_loss_doc, list_kd_losses
 from core.ensemble import combiner_doc, list_combiners
 from core.errors import KdlabError
-from core.models import pretrained_status
+from core.models import list_models, pretrained_status
 from dashboard import figures
 from dashboard.state import data_preview, job_manager, student_card, teacher_cards
 
@@ -74,7 +74,6 @@ with teacher_tab:
                        for row in edited.to_dict("records") if row.get("model")]
     with st.expander("Search timm models"):
         pattern = st.text_input("Name pattern", "resnet*", key="model_search")
-        from core.models import list_models
         st.dataframe(pd.DataFrame(list_models(pattern, limit=30)), hide_index=True, width="stretch")
     for i, t in enumerate(raw["teachers"]):
         if t.get("pretrained") and not t.get("weights_file"):
@@ -157,10 +156,7 @@ with right:
             st.plotly_chart(figures.model_cost_bars(names, list(cards["params"]) + [student["params"]],
                                                     list(cards["flops"]) + [student["flops"]]),
                             width="stretch", key="cost_bars")
-            draws = min(t.seeds for t in cfg.teachers)
-            trainings = sum(t.seeds for t in cfg.teachers)
-            st.caption(f"{trainings} teacher training(s); bias/variance diagnostics need >= 2 seeds per teacher"
-                       + ("" if draws >= 2 else f" ({sum(max(t.seeds, 2) for t in cfg.teachers)} trainings)"))
+            st.caption(cfg.decomposition_plan())
         except KdlabError as err:
             st.error(str(err))
 
