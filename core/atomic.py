@@ -21,9 +21,14 @@ def write_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_json(obj: Any, path: Path, indent: int = 1) -> None:
-    """Write obj as JSON via a temporary file and a rename."""
+def write_text(text: str, path: Path) -> None:
+    """Write text via a temporary file and a rename."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=indent))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(obj: Any, path: Path, indent: int = 1) -> None:
+    """Write obj as JSON via a temporary file and a rename."""
+    write_text(json.dumps(obj, indent=indent), path)

@@ -209,6 +209,60 @@ def _record_start(store: RunStore, cfg, out: Path, run_id: str, resumed: bool) -
 
 
 @main.command()
+@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--preset", "preset_name", help="A bundled preset (see `kdlab presets`).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a base config value (teachers, data, train settings are fixed for the sweep).")
+@click.option("--grid", "grid", multiple=True, required=True, metavar="FIELD=V1,V2,...",
+              help="A swept field and its values, e.g. --grid distill.temperature=1,2,4 (repeatable: the "
+                   "grid is every combination). Fields: distill.*, student.*, ensemble.scheme.")
+@click.option("--seeds", type=click.IntRange(1, 20), default=None,
+              help="Student seeds per point (default: student.seeds of the config).")
+@click.option("--out", required=True, type=click.Path(), help="Folder for teachers, cache and sweep results.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def sweep(config_file: str | None, preset_name: str | None, overrides: tuple[str, ...], grid: tuple[str, ...],
+          seeds: int | None, out: str, quiet: bool) -> None:
+    """Student sweep: train the teachers once, then KD and scratch students for every grid point.
+
+    Points are ranked by the distilled students' val accuracy; test accuracy, the paired KD - scratch
+    gain and gain recovery are reported beside it (sweep.csv and sweep.json in --out).
+    """
+    from core.sweep import format_sweep, grid_points, parse_axis, run_sweep
+    from core.train import CancelToken, EventBus
+
+    try:
+        cfg = config_mod.load(config_file, preset_name, list(overrides))
+        axes = [parse_axis(g) for g in grid]
+        points = len(grid_points(axes))
+    except KdlabError as err:
+        _fail(err)
+    n_seeds = seeds or cfg.student.seeds
+    click.echo(f"kdlab sweep: {cfg.name}, {points} point(s) x {n_seeds} seed(s); teachers trained once", err=True)
+    cancel = CancelToken()
+    events = EventBus(ProgressBars(enabled=not quiet))
+
+    def on_row(row: dict) -> None:
+        click.echo(f"done: {row['point']}: KD {row['kd_test_acc_mean']:.4f} vs scratch "
+                   f"{row['scratch_test_acc_mean']:.4f} (val {row['kd_val_acc']:.4f})", err=True)
+
+    try:
+        result = run_sweep(cfg, axes, Path(out), seeds, events, cancel, on_row)
+    except KdlabError as err:
+        _fail(err)
+    except (Cancelled, KeyboardInterrupt):
+        cancel.cancel()
+        click.echo("cancelled: checkpoints are kept; run the same command again to resume", err=True)
+        sys.exit(130)
+    click.echo(format_sweep(result))
+    if result.best is not None:
+        best = result.rows[result.best]
+        sets = " ".join(f"--set {name}={best[name]}" for name in result.axes)
+        click.echo(f"\n* best by KD val accuracy: {best['point']} (test {best['kd_test_acc_mean']:.4f} +- "
+                   f"{best['kd_test_acc_std']:.4f}); train it: kdlab run ... {sets}")
+    click.echo(f"results: {Path(out) / 'sweep.csv'}")
+
+
+@main.command()
 @click.argument("run_id")
 @click.option("--store", "store_dir", type=click.Path(file_okay=False),
               help=f"Run store folder (default ${ENV_VAR} or ./{DEFAULT_DIR}).")

@@ -80,9 +80,14 @@ class StudentConfig(_Strict):
                                "alike (None = train.epochs). Small students are cheap to train longer, "
                                "and distillation gains grow with the schedule.")
 
+    lr: float | None = Field(None, gt=0.0, le=10.0, description="Student peak learning rate, scratch and "
+                             "distilled alike (None = train.lr). Small students often want a larger one "
+                             "than their teachers.")
+
     def train_config(self, train: "TrainConfig") -> "TrainConfig":
-        """The students' training config: `train`, with `epochs` when set."""
-        return train if self.epochs is None else train.model_copy(update={"epochs": self.epochs})
+        """The students' training config: `train`, with `epochs` and `lr` where set."""
+        update = {k: v for k, v in (("epochs", self.epochs), ("lr", self.lr)) if v is not None}
+        return train.model_copy(update=update) if update else train
 
 
 class EnsembleConfig(_Strict):
@@ -232,7 +237,7 @@ def preset(name: str) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
     """`--set` values use YAML scalars: 4 -> int, 0.5 -> float, true -> bool, [a, b] -> list."""
     try:
         return yaml.safe_load(text)
@@ -246,25 +251,31 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if "=" not in item:
             raise ConfigError("--set", f"'{item}' is not key=value", "write e.g. --set distill.temperature=4")
         key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        node: Any = raw
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            if isinstance(node, list):
-                if not part.isdigit() or int(part) >= len(node):
-                    raise ConfigError(key, f"'{part}' is not an index of a list of {len(node)}",
-                                      "use an existing index such as 0")
-                if last:
-                    node[int(part)] = _parse_value(value)
-                else:
-                    node = node[int(part)]
+        set_field(raw, key, parse_value(value))
+    return raw
+
+
+def set_field(raw: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """Set the dotted field `key` of a config dict to an already-parsed value (lists are indexed)."""
+    parts = key.strip().split(".")
+    node: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(key, f"'{part}' is not an index of a list of {len(node)}",
+                                  "use an existing index such as 0")
+            if last:
+                node[int(part)] = value
             else:
-                if last:
-                    node[part] = _parse_value(value)
-                else:
-                    node = node.setdefault(part, {})
-                    if not isinstance(node, (dict, list)):
-                        raise ConfigError(key, f"'{part}' is a value, not a section", "check the key path")
+                node = node[int(part)]
+        else:
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+                if not isinstance(node, (dict, list)):
+                    raise ConfigError(key, f"'{part}' is a value, not a section", "check the key path")
     return raw
 
 

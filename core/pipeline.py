@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import yaml
@@ -204,6 +204,42 @@ def train_teacher(prep: Prepared, member: Member, seed_index: int, out: Path, ev
             "val_acc": result.best_val.get("val/acc"), "val_nll": result.best_val.get("val/loss"),
             "history": result.history, "weights": str((folder / "model.safetensors").relative_to(out)),
             "weights_hash": file_hash(folder / "model.safetensors")}, model
+
+
+@dataclass
+class TrainedTeachers:
+    """The teacher stage's output: every draw that trained to finite logits, in config order."""
+
+    entries: list[dict[str, Any]] = field(default_factory=list)   # results.json "teachers"
+    models: dict[str, nn.Module] = field(default_factory=dict)    # one model per label (cost)
+    logits: list[dict[str, torch.Tensor]] = field(default_factory=list)  # split -> (N, K), per draw
+    draws: list[tuple[nn.Module, str]] = field(default_factory=list)     # (model, weights hash)
+    dropped: list[dict[str, Any]] = field(default_factory=list)          # diverged draws, with why
+
+    def stack(self) -> dict[str, torch.Tensor]:
+        """Split -> (M, N, K) logits of every kept draw."""
+        return {split: torch.stack([z[split] for z in self.logits]) for split in SPLITS}
+
+
+def teacher_stage(prep: Prepared, out: Path, events: EventBus, cancel: CancelToken, stats: CacheStats,
+                  warn: Callable[[str], None]) -> TrainedTeachers:
+    """Train (or resume) every teacher draw and cache its logits; a diverged draw is left out with a warning."""
+    trained = TrainedTeachers()
+    for m in prep.members:
+        for s in range(m.cfg.seeds):
+            try:
+                entry, model = train_teacher(prep, m, s, out, events, cancel)
+                logits = teacher_logits(model, entry["weights_hash"], prep.data, out / "cache", stats)
+                _check_finite(logits, m.label, s)
+            except FloatingPointError as err:  # a diverged draw is left out; the others go on
+                trained.dropped.append({"name": m.label, "seed": s, "error": str(err)})
+                warn(f"teachers.{m.index}: draw {s} of {m.label} left out of the ensemble: {err}")
+                continue
+            trained.entries.append(entry)
+            trained.models.setdefault(m.label, model)
+            trained.draws.append((model, entry["weights_hash"]))
+            trained.logits.append(logits)
+    return trained
 
 
 def ensemble_stage(prep: Prepared, stack: dict[str, torch.Tensor], events: EventBus
@@ -421,24 +457,12 @@ def run_experiment(prep: Prepared, out: Path, events: EventBus | None = None,
     try:
         events.emit(Event("stage", "teachers", message=f"training {prep.trainings} teacher draw(s)",
                           metrics={"trainings": prep.trainings}))
-        teachers, teacher_models, member_logits, draws, dropped = [], {}, [], [], []
         stats = CacheStats()
-        for m in prep.members:
-            for s in range(m.cfg.seeds):
-                try:
-                    entry, model = train_teacher(prep, m, s, out, events, cancel)
-                    logits = teacher_logits(model, entry["weights_hash"], prep.data, out / "cache", stats)
-                    _check_finite(logits, m.label, s)
-                except FloatingPointError as err:  # a diverged draw is left out; the others go on
-                    dropped.append({"name": m.label, "seed": s, "error": str(err)})
-                    warn(f"teachers.{m.index}: draw {s} of {m.label} left out of the ensemble: {err}")
-                    continue
-                teachers.append(entry)
-                teacher_models.setdefault(m.label, model)
-                draws.append((model, entry["weights_hash"]))
-                member_logits.append(logits)
+        trained = teacher_stage(prep, out, events, cancel, stats, warn)
+        teachers, teacher_models, member_logits, draws = (trained.entries, trained.models, trained.logits,
+                                                          trained.draws)
         results["teachers"] = teachers
-        results["teachers_dropped"] = dropped
+        results["teachers_dropped"] = trained.dropped
         if not teachers:
             save("failed")
             raise ModelError("teachers", "every teacher draw diverged (non-finite loss or logits)",
@@ -447,8 +471,7 @@ def run_experiment(prep: Prepared, out: Path, events: EventBus | None = None,
         save()
 
         events.emit(Event("stage", "ensembles", message="combining teachers"))
-        stack = {split: torch.stack([logits[split] for logits in member_logits]) for split in SPLITS}
-        ensembles, combined = ensemble_stage(prep, stack, events)
+        ensembles, combined = ensemble_stage(prep, trained.stack(), events)
         results["ensembles"] = ensembles
         scheme = prep.cfg.ensemble.scheme
         if scheme not in combined:  # e.g. a val split too small to fit it: teach with the default

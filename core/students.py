@@ -94,6 +94,7 @@ def train_student(cfg: RunConfig, data, kind: str, seed_index: int, out: Path, e
     test = logits_metrics(logits, y)
     entry = {"kind": kind, "round": round_index if kind == "kd" else None, "seed": seed_index,
              "test_acc": test["acc"], "test_nll": test["nll"], "test_ece": test["ece"],
+             "val_acc": result.best_val.get("val/acc"), "val_nll": result.best_val.get("val/loss"),
              "train_seconds": result.seconds, "best_epoch": result.best_epoch,
              "history": result.history, "weights": str((folder / "model.safetensors").relative_to(out))}
     return StudentRun(entry, model, logits)

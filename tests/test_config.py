@@ -81,3 +81,14 @@ def test_unreadable_config_file(tmp_path):
         config.load(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="unknown preset"):
         config.load(preset_name="nope")
+
+
+def test_student_train_config_overrides_only_what_is_set() -> None:
+    cfg = config.load(overrides=["train.epochs=7", "train.lr=0.003"])
+    assert cfg.student.train_config(cfg.train) == cfg.train  # nothing set: the teachers' schedule
+    cfg = config.load(overrides=["train.epochs=7", "train.lr=0.003", "student.lr=0.02", "student.epochs=12"])
+    student = cfg.student.train_config(cfg.train)
+    assert (student.lr, student.epochs, student.batch_size) == (0.02, 12, cfg.train.batch_size)
+    assert (cfg.train.lr, cfg.train.epochs) == (0.003, 7)  # the teachers' config is untouched
+    with pytest.raises(ConfigError, match="student.lr"):
+        config.load(overrides=["student.lr=0"])

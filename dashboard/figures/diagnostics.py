@@ -276,7 +276,9 @@ def reliability_diagram(source: Mapping[str, Any], combiners: Sequence[str] | No
     eces = {n: bins_ece(sets[n]) for n in names}
     fig = make_subplots(rows=2, cols=len(names), row_heights=[0.74, 0.26], shared_xaxes=True,
                         vertical_spacing=0.07, horizontal_spacing=0.07,
-                        subplot_titles=[f"{n} (ECE {eces[n]:.3f})" for n in names] + [""] * len(names))
+                        # Name and ECE on two lines: side by side they overran their panels at 4+ panels.
+                        subplot_titles=[f"{n}<br>ECE {eces[n]:.3f}" for n in names] + [""] * len(names))
+    fig.update_annotations(font_size=12)
     for col, n in enumerate(names, start=1):
         b = sets[n]
         lower, upper = np.asarray(b["bin_lower"], float), np.asarray(b["bin_upper"], float)
@@ -299,6 +301,6 @@ def reliability_diagram(source: Mapping[str, Any], combiners: Sequence[str] | No
         fig.update_yaxes(row=2, col=col, title="count" if first else None)
         fig.update_xaxes(range=[0, 1], row=2, col=col, title="confidence (top-class probability)")
     summary = ", ".join(f"{n} {eces[n]:.3f}" for n in names)
-    fig.update_layout(title=f"Reliability: ECE {summary}", height=460, bargap=0,
-                      margin=dict(l=10, r=10, t=80, b=10))
+    fig.update_layout(title=f"Reliability: ECE {summary}", height=480, bargap=0,
+                      margin=dict(l=10, r=10, t=100, b=10))
     return fig

@@ -24,7 +24,8 @@ preset_name = st.selectbox("Preset", presets, index=0, key="preset",
                            help="Bundled experiment settings; digits-demo runs on any CPU in about a minute.")
 # Widgets keep their own state under these keys; a newly loaded config must reset them to its values.
 FORM_KEYS = ("data_name", "image_size", "teachers", "scheme", "temperature", "alpha", "loss", "teaching",
-             "student_model", "student_width", "student_depth", "student_seeds", "epochs", "student_epochs", "device")
+             "student_model", "student_width", "student_depth", "student_seeds", "epochs", "student_epochs",
+             "student_lr", "device")
 
 
 def load_form(raw_config: dict, source: str) -> None:
@@ -112,6 +113,9 @@ with student_tab:
     s["seeds"] = a.number_input("Student seeds", 1, 20, int(s.get("seeds", 3)), key="student_seeds")
     tr["epochs"] = b.number_input("Epochs", 1, 10_000, int(tr.get("epochs", 10)), key="epochs")
     s["epochs"] = c.number_input("Student epochs (0 = same)", 0, 10_000, int(s.get("epochs") or 0), key="student_epochs") or None
+    lr = b.number_input("Student learning rate (0 = same as teachers)", 0.0, 10.0, float(s.get("lr") or 0.0),
+                        0.001, format="%.4f", key="student_lr")
+    s["lr"] = lr or None
     devices = ["auto", "cpu", "cuda"]
     raw["device"] = a.selectbox("Device", devices, index=devices.index(raw.get("device", "auto"))
                                 if raw.get("device", "auto") in devices else 0, key="device")

@@ -1,0 +1,252 @@
+"""Student sweeps: one set of teachers, many student trials (a grid over distillation settings).
+
+Teachers are trained (or resumed) once and their logits cached, as in a run; every grid point then
+trains only its distilled students, and scratch students are trained once per distinct student
+setting, since their result does not depend on the distillation settings. Points are ranked by the
+distilled students' val accuracy, so the pick never looks at test; test is reported beside it.
+
+Written into the output folder as it goes (a rerun resumes from the students' checkpoints):
+
+  config.yaml   the base config;  sweep.yaml  the axes
+  teachers/, cache/             as in a run
+  scratch/<k>/, trials/<i>/     student checkpoints and weights
+  sweep.json, sweep.csv         one row per point, rewritten after every point
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import itertools
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from core import config as config_mod
+from core.atomic import write_json, write_text
+from core.cache import CacheStats
+from core.config import RunConfig
+from core.errors import ConfigError, KdlabError, ModelError
+from core.evaluate import gain_recovery_over_seeds, mean_std, probs_metrics
+from core.pipeline import (FALLBACK_SCHEME, JsonlWriter, _fingerprint, check_output_dir, ensemble_stage,
+                           prepare, teacher_stage, teaching_stage)
+from core.students import train_student
+from core.train import CancelToken, Event, EventBus
+
+# Axes a sweep may vary: they change the students only, so the teachers and their cache stay valid.
+SWEEPABLE_PREFIXES = ("distill.", "student.")
+SWEEPABLE_FIELDS = ("ensemble.scheme",)
+ROW_COLUMNS = ("point", "kd_val_acc", "kd_test_acc_mean", "kd_test_acc_std", "kd_test_nll_mean",
+               "scratch_test_acc_mean", "scratch_test_acc_std", "paired_gain_mean", "paired_gain_std",
+               "ensemble_test_acc", "gain_recovery", "gain_recovery_per_seed_mean",
+               "gain_recovery_per_seed_std", "seeds", "kd_train_seconds")
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One swept field and the values it takes."""
+
+    field: str
+    values: tuple[Any, ...]
+
+
+def parse_axis(text: str) -> Axis:
+    """`distill.temperature=1,2,4` -> Axis; values are YAML scalars, as with `--set`."""
+    if "=" not in text:
+        raise ConfigError("--grid", f"'{text}' is not field=value,value", "write e.g. --grid distill.temperature=1,2,4")
+    name, values = (part.strip() for part in text.split("=", 1))
+    if not (name.startswith(SWEEPABLE_PREFIXES) or name in SWEEPABLE_FIELDS):
+        raise ConfigError(name, "a sweep varies the students only (distill.*, student.*, ensemble.scheme); "
+                          "other fields would retrain the teachers",
+                          "sweep it with separate `kdlab run`s, or fix it with --set")
+    if name in ("distill.rounds", "student.seeds"):
+        raise ConfigError(name, "cannot be a sweep axis (a trial trains one distillation round per seed)",
+                          "use --seeds for the seeds; compare rounds with `kdlab run`")
+    parsed = tuple(config_mod.parse_value(v.strip()) for v in values.split(",") if v.strip())
+    if not parsed:
+        raise ConfigError(name, "the axis has no values", f"write e.g. --grid {name}=1,2")
+    return Axis(name, parsed)
+
+
+def grid_points(axes: list[Axis]) -> list[dict[str, Any]]:
+    """Every combination of the axes' values, as field -> value dicts (the first axis varies slowest)."""
+    names = [a.field for a in axes]
+    if len(set(names)) != len(names):
+        raise ConfigError("--grid", f"an axis is given twice: {names}", "give each field once")
+    return [dict(zip(names, combo)) for combo in itertools.product(*(a.values for a in axes))]
+
+
+def point_config(base: RunConfig, point: dict[str, Any], seeds: int | None = None) -> RunConfig:
+    """The base config with one grid point (and the sweep's seed count) applied, validated."""
+    raw = copy.deepcopy(base.to_dict())
+    for name, value in point.items():
+        config_mod.set_field(raw, name, value)
+    if seeds is not None:
+        config_mod.set_field(raw, "student.seeds", seeds)
+    problems = config_mod.problems(raw)
+    if problems:
+        name, message = next(iter(problems.items()))
+        raise ConfigError(name, f"{message} (grid point {point_label(point)})", "change the --grid values")
+    return config_mod.validate(raw)
+
+
+def point_label(point: dict[str, Any]) -> str:
+    """`distill.temperature=2 student.lr=0.01`."""
+    return " ".join(f"{k}={v}" for k, v in point.items()) or "(base config)"
+
+
+@dataclass
+class SweepResult:
+    """Rows (one per point, ROW_COLUMNS plus the point's fields) and the index of the val-best row."""
+
+    axes: list[str]
+    rows: list[dict[str, Any]]
+    best: int | None
+    teachers: list[dict[str, Any]]
+    target_accs: dict[str, float]
+
+
+def _scratch_key(cfg: RunConfig, with_views: bool) -> str:
+    """What a scratch student depends on: its own settings, and whether it is shown named views."""
+    student = cfg.student.model_dump(exclude={"seeds"})
+    return _fingerprint(student, with_views, cfg.train.model_dump(), cfg.data.model_dump(), cfg.seed)
+
+
+def _write_rows(rows: list[dict[str, Any]], best: int | None, out: Path, axes: list[str]) -> None:
+    fields = [*axes, *ROW_COLUMNS, "best"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    for i, r in enumerate(rows):
+        writer.writerow({**r, "best": i == best})
+    write_text(buf.getvalue(), out / "sweep.csv")
+    write_json({"axes": axes, "best": best, "rows": rows}, out / "sweep.json", indent=2)
+
+
+def best_row(rows: list[dict[str, Any]]) -> int | None:
+    """The row with the highest mean KD val accuracy (the earlier point wins a tie); None if none has one."""
+    scored = [(r["kd_val_acc"], -i) for i, r in enumerate(rows) if r.get("kd_val_acc") is not None]
+    return -max(scored)[1] if scored else None
+
+
+def run_sweep(base: RunConfig, axes: list[Axis], out: Path, seeds: int | None = None,
+              events: EventBus | None = None, cancel: CancelToken | None = None,
+              on_row: Callable[[dict[str, Any]], None] | None = None) -> SweepResult:
+    """Train the teachers once, then a scratch and a distilled student per seed for every grid point."""
+    out = Path(out)
+    events = events or EventBus()
+    cancel = cancel or CancelToken()
+    points = grid_points(axes)
+    configs = [point_config(base, p, seeds) for p in points]  # every point is checked before training
+    check_output_dir(out, base)
+    saved_axes = out / "sweep.yaml"
+    axes_doc = {a.field: list(a.values) for a in axes}
+    if saved_axes.is_file() and yaml.safe_load(saved_axes.read_text()) != axes_doc:
+        raise KdlabError("--out", f"'{out}' holds a sweep over other axes", "choose a new --out folder")
+    prep = prepare(base, out)
+    for cfg in configs:  # registry names (loss, scheme) of every point, before anything trains
+        prepare_names(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(base.to_yaml())
+    saved_axes.write_text(yaml.safe_dump(axes_doc, sort_keys=False))
+    writer = JsonlWriter(out / "events.jsonl")
+    events.subscribe(writer)
+    try:
+        return _sweep(prep, points, configs, axes, out, events, cancel, on_row)
+    finally:
+        writer.close()
+
+
+def prepare_names(cfg: RunConfig) -> None:
+    """Fail early, naming the field, on an unknown loss or scheme in a grid point."""
+    from core.distill import kd_loss_doc
+    from core.ensemble import fits_on_val
+
+    fits_on_val(cfg.ensemble.scheme)
+    kd_loss_doc(cfg.distill.loss)
+
+
+def _sweep(prep, points, configs, axes, out, events, cancel, on_row) -> SweepResult:
+    stats = CacheStats()
+
+    def warn(message: str) -> None:
+        events.emit(Event("info", "sweep", message=f"warning: {message}"))
+
+    events.emit(Event("stage", "teachers", message=f"training {prep.trainings} teacher draw(s)"))
+    trained = teacher_stage(prep, out, events, cancel, stats, warn)
+    if not trained.entries:
+        raise ModelError("teachers", "every teacher draw diverged (non-finite loss or logits)",
+                         "lower train.lr, or check the teachers' weights files")
+    _, combined = ensemble_stage(prep, trained.stack(), events)
+    target_accs = {name: probs_metrics(c.probs["test"], prep.data.test.y)["acc"] for name, c in combined.items()}
+    scratch: dict[str, list[dict[str, Any]]] = {}
+    rows: list[dict[str, Any]] = []
+    names = [a.field for a in axes]
+    best = None
+    for i, (point, cfg) in enumerate(zip(points, configs)):
+        events.emit(Event("stage", "sweep", message=f"point {i + 1}/{len(points)}: {point_label(point)}",
+                          metrics={"point": i + 1, "points": len(points)}))
+        scheme = cfg.ensemble.scheme if cfg.ensemble.scheme in combined else FALLBACK_SCHEME
+        if scheme != cfg.ensemble.scheme:
+            warn(f"ensemble.scheme: '{cfg.ensemble.scheme}' could not be fitted; point {i + 1} learns "
+                 f"from '{FALLBACK_SCHEME}'")
+        target = combined[scheme]
+        point_prep = replace(prep, cfg=cfg)
+        teaching = teaching_stage(point_prep, target, trained.draws, out, stats)
+        key = _scratch_key(cfg, teaching.views is not None)
+        fingerprint = _fingerprint(cfg.to_dict())
+        sc_list = scratch.setdefault(key, [])
+        kd_entries = []
+        for s in range(cfg.student.seeds):
+            if s >= len(sc_list):
+                run = train_student(cfg, prep.data, "scratch", s, out / "scratch" / key, events, cancel, teaching,
+                                    fingerprint=key)
+                sc_list.append(run.entry)
+            kd = train_student(cfg, prep.data, "kd", s, out / "trials" / f"{i:03d}", events, cancel, teaching,
+                               fingerprint=fingerprint)
+            kd_entries.append(kd.entry)
+        sc_entries = sc_list[:cfg.student.seeds]
+        rows.append(_row(point, names, kd_entries, sc_entries, target_accs[scheme]))
+        best = best_row(rows)
+        _write_rows(rows, best, out, names)
+        if on_row is not None:
+            on_row(rows[-1])
+    return SweepResult(names, rows, best, trained.entries, target_accs)
+
+
+def _row(point: dict[str, Any], names: list[str], kd: list[dict[str, Any]], scratch: list[dict[str, Any]],
+         ensemble_acc: float) -> dict[str, Any]:
+    kd_acc = mean_std([e["test_acc"] for e in kd])
+    sc_acc = mean_std([e["test_acc"] for e in scratch])
+    gains = mean_std([k["test_acc"] - s["test_acc"] for k, s in zip(kd, scratch)])
+    recovery = gain_recovery_over_seeds([e["test_acc"] for e in kd], [e["test_acc"] for e in scratch],
+                                        ensemble_acc)
+    vals = [e["val_acc"] for e in kd if e.get("val_acc") is not None]
+    return {**{n: point[n] for n in names}, "point": point_label(point),
+            "kd_val_acc": mean_std(vals)["mean"] if vals else None,
+            "kd_test_acc_mean": kd_acc["mean"], "kd_test_acc_std": kd_acc["std"],
+            "kd_test_nll_mean": mean_std([e["test_nll"] for e in kd])["mean"],
+            "scratch_test_acc_mean": sc_acc["mean"], "scratch_test_acc_std": sc_acc["std"],
+            "paired_gain_mean": gains["mean"], "paired_gain_std": gains["std"],
+            "ensemble_test_acc": ensemble_acc, "gain_recovery": recovery["of_means"],
+            "gain_recovery_per_seed_mean": recovery["mean"], "gain_recovery_per_seed_std": recovery["std"],
+            "seeds": len(kd), "kd_train_seconds": mean_std([e["train_seconds"] for e in kd])["mean"]}
+
+
+def format_sweep(result: SweepResult) -> str:
+    """Plain-text table of a sweep, the val-best row marked with '*'."""
+    header = (f"{'':2}{'point':<52}{'kd val':>8}{'kd test acc':>17}{'scratch test acc':>18}"
+              f"{'paired gain':>17}{'recovery':>9}")
+    lines = [header, "-" * len(header)]
+    for i, r in enumerate(result.rows):
+        mark = "* " if i == result.best else "  "
+        val = "" if r["kd_val_acc"] is None else f"{r['kd_val_acc']:.4f}"
+        rec = "" if r["gain_recovery"] is None else f"{r['gain_recovery']:.2f}"
+        lines.append(f"{mark}{r['point'][:51]:<52}{val:>8}"
+                     f"{r['kd_test_acc_mean']:>10.4f}+-{r['kd_test_acc_std']:.4f}"
+                     f"{r['scratch_test_acc_mean']:>11.4f}+-{r['scratch_test_acc_std']:.4f}"
+                     f"{r['paired_gain_mean']:>+10.4f}+-{r['paired_gain_std']:.4f}{rec:>9}")
+    return "\n".join(lines)

@@ -1,0 +1,135 @@
+"""Student sweeps: axes parse and are checked, teachers and scratch students train once, rows and the
+val-based pick are right, and a rerun resumes without training anything."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from core import config
+from core.cli import main
+from core.errors import ConfigError, KdlabError
+from core.sweep import best_row, grid_points, parse_axis, point_config, run_sweep
+from core.train import EventBus
+
+TINY = ["data.name=shapes", "data.count=240", "data.image_size=16", "train.epochs=2", "train.batch_size=32",
+        "teachers=[{model: test_resnet}, {model: test_efficientnet}]",
+        "student.model=test_byobnet", "student.width=null", "student.seeds=2"]
+
+
+def test_parse_axis_values_and_grid_order():
+    t = parse_axis("distill.temperature=1, 2.5,4")
+    assert t.field == "distill.temperature" and t.values == (1, 2.5, 4)
+    points = grid_points([t, parse_axis("distill.loss=hinton,dkd")])
+    assert len(points) == 6
+    assert points[0] == {"distill.temperature": 1, "distill.loss": "hinton"}
+    assert points[1] == {"distill.temperature": 1, "distill.loss": "dkd"}  # the last axis varies fastest
+
+
+@pytest.mark.parametrize("text, field", [
+    ("train.lr=0.1,0.2", "train.lr"),           # would retrain the teachers
+    ("teachers.0.model=resnet18", "teachers.0.model"),
+    ("distill.rounds=1,2", "distill.rounds"),
+    ("student.seeds=3", "student.seeds"),
+    ("distill.temperature", "--grid"),           # no values
+    ("distill.temperature=", "distill.temperature"),
+])
+def test_bad_axes_name_the_field(text, field):
+    with pytest.raises(ConfigError) as err:
+        parse_axis(text)
+    assert err.value.field == field
+
+
+def test_a_repeated_axis_and_an_out_of_range_value_are_refused():
+    with pytest.raises(ConfigError, match="twice"):
+        grid_points([parse_axis("distill.alpha=0.5"), parse_axis("distill.alpha=1")])
+    base = config.load(overrides=TINY)
+    with pytest.raises(ConfigError) as err:
+        point_config(base, {"distill.alpha": 1.5})
+    assert err.value.field == "distill.alpha" and "grid point" in str(err.value)
+    cfg = point_config(base, {"distill.temperature": 2, "student.lr": 0.02}, seeds=3)
+    assert (cfg.distill.temperature, cfg.student.lr, cfg.student.seeds) == (2, 0.02, 3)
+    assert base.distill.temperature == 4.0  # the base config is not modified
+
+
+def test_best_row_is_by_val_accuracy_only():
+    rows = [{"kd_val_acc": 0.90, "kd_test_acc_mean": 0.99}, {"kd_val_acc": 0.95, "kd_test_acc_mean": 0.80},
+            {"kd_val_acc": 0.95, "kd_test_acc_mean": 0.85}, {"kd_val_acc": None}]
+    assert best_row(rows) == 1  # the earlier of the tied points, whatever test says
+    assert best_row([{"kd_val_acc": None}]) is None
+
+
+class Starts:
+    """Counts the models whose training started from step 0, per kind of source."""
+
+    def __init__(self) -> None:
+        self.fresh: list[str] = []
+
+    def __call__(self, event) -> None:
+        if event.kind == "start" and event.epoch == 0:
+            self.fresh.append(event.source)
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    base = config.load(overrides=TINY + ["distill.teaching=cached"])
+    axes = [parse_axis("distill.temperature=1,4"), parse_axis("distill.alpha=0.5")]
+    starts = Starts()
+    result = run_sweep(base, axes, out, seeds=2, events=EventBus(starts))
+    return out, base, axes, result, starts
+
+
+def test_sweep_trains_teachers_and_scratch_students_once(tiny_sweep):
+    out, base, axes, result, starts = tiny_sweep
+    teachers = [s for s in starts.fresh if s.startswith("teacher/")]
+    scratch = [s for s in starts.fresh if s.startswith("student/scratch")]
+    kd = [s for s in starts.fresh if s.startswith("student/kd")]
+    assert len(teachers) == 2                # one draw per teacher, for both points
+    assert len(scratch) == 2                 # one per seed: the points differ in distillation only
+    assert len(kd) == 2 * 2                  # every point trains its own distilled students
+
+
+def test_sweep_rows_and_files(tiny_sweep):
+    out, base, axes, result, starts = tiny_sweep
+    assert [r["distill.temperature"] for r in result.rows] == [1, 4]
+    assert result.axes == ["distill.temperature", "distill.alpha"]
+    for r in result.rows:
+        assert r["seeds"] == 2 and 0.0 <= r["kd_test_acc_mean"] <= 1.0 and 0.0 <= r["kd_val_acc"] <= 1.0
+        assert r["paired_gain_mean"] == pytest.approx(r["kd_test_acc_mean"] - r["scratch_test_acc_mean"])
+    # The same scratch students serve every point.
+    assert result.rows[0]["scratch_test_acc_mean"] == result.rows[1]["scratch_test_acc_mean"]
+    assert result.best == best_row(result.rows)
+    with open(out / "sweep.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [row["best"] for row in table].count("True") == 1
+    assert float(table[0]["kd_test_acc_mean"]) == pytest.approx(result.rows[0]["kd_test_acc_mean"])
+    saved = json.loads((out / "sweep.json").read_text())
+    assert saved["axes"] == result.axes and len(saved["rows"]) == 2
+    assert (out / "config.yaml").is_file() and (out / "sweep.yaml").is_file()
+
+
+def test_sweep_rerun_resumes_and_other_axes_are_refused(tiny_sweep):
+    out, base, axes, result, _ = tiny_sweep
+    starts = Starts()
+    again = run_sweep(base, axes, out, seeds=2, events=EventBus(starts))
+    assert starts.fresh == []  # every teacher and student resumed from its finished checkpoint
+    assert [r["kd_test_acc_mean"] for r in again.rows] == [r["kd_test_acc_mean"] for r in result.rows]
+    with pytest.raises(KdlabError, match="other axes"):
+        run_sweep(base, [parse_axis("distill.temperature=2")], out, seeds=2)
+
+
+def test_cli_sweep_prints_the_table_and_the_pick(tiny_sweep):
+    out, *_ = tiny_sweep
+    args = ["sweep", *sum((["--set", o] for o in TINY + ["distill.teaching=cached"]), []),
+            "--grid", "distill.temperature=1,4", "--grid", "distill.alpha=0.5", "--seeds", "2",
+            "--out", str(out), "--quiet"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "paired gain" in result.output and "* best by KD val accuracy" in result.output
+    assert "--set distill.temperature=" in result.output
+    bad = CliRunner().invoke(main, ["sweep", "--grid", "train.epochs=1,2", "--out", str(out)])
+    assert bad.exit_code == 2 and "train.epochs" in bad.output
