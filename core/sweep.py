@@ -19,6 +19,7 @@ import copy
 import csv
 import io
 import itertools
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -29,7 +30,7 @@ from core import config as config_mod
 from core.atomic import write_json, write_text
 from core.cache import CacheStats
 from core.config import RunConfig
-from core.errors import ConfigError, KdlabError, ModelError
+from core.errors import ConfigError, KdlabError, ModelError, OutputError
 from core.evaluate import gain_recovery_over_seeds, mean_std, probs_metrics
 from core.pipeline import (FALLBACK_SCHEME, JsonlWriter, _fingerprint, check_output_dir, ensemble_stage,
                            prepare, teacher_stage, teaching_stage)
@@ -39,7 +40,7 @@ from core.train import CancelToken, Event, EventBus
 # Axes a sweep may vary: they change the students only, so the teachers and their cache stay valid.
 SWEEPABLE_PREFIXES = ("distill.", "student.")
 SWEEPABLE_FIELDS = ("ensemble.scheme",)
-ROW_COLUMNS = ("point", "kd_val_acc", "kd_test_acc_mean", "kd_test_acc_std", "kd_test_nll_mean",
+ROW_COLUMNS = ("point", "kd_val_acc", "kd_val_nll", "kd_test_acc_mean", "kd_test_acc_std", "kd_test_nll_mean",
                "scratch_test_acc_mean", "scratch_test_acc_std", "paired_gain_mean", "paired_gain_std",
                "ensemble_test_acc", "gain_recovery", "gain_recovery_per_seed_mean",
                "gain_recovery_per_seed_std", "seeds", "kd_train_seconds")
@@ -56,7 +57,8 @@ class Axis:
 def parse_axis(text: str) -> Axis:
     """`distill.temperature=1,2,4` -> Axis; values are YAML scalars, as with `--set`."""
     if "=" not in text:
-        raise ConfigError("--grid", f"'{text}' is not field=value,value", "write e.g. --grid distill.temperature=1,2,4")
+        raise ConfigError("--grid", f"'{text}' is not field=value,value",
+                          "write e.g. --grid distill.temperature=1,2,4")
     name, values = (part.strip() for part in text.split("=", 1))
     if not (name.startswith(SWEEPABLE_PREFIXES) or name in SWEEPABLE_FIELDS):
         raise ConfigError(name, "a sweep varies the students only (distill.*, student.*, ensemble.scheme); "
@@ -127,9 +129,16 @@ def _write_rows(rows: list[dict[str, Any]], best: int | None, out: Path, axes: l
 
 
 def best_row(rows: list[dict[str, Any]]) -> int | None:
-    """The row with the highest mean KD val accuracy (the earlier point wins a tie); None if none has one."""
-    scored = [(r["kd_val_acc"], -i) for i, r in enumerate(rows) if r.get("kd_val_acc") is not None]
-    return -max(scored)[1] if scored else None
+    """The row with the highest mean KD val accuracy, ties broken by the lower val NLL, then by order.
+
+    Val accuracy moves in steps of one val image, so ties are common on small val splits.
+    """
+    def key(i: int) -> tuple[float, float, int]:
+        nll = rows[i].get("kd_val_nll")
+        return rows[i]["kd_val_acc"], -(nll if nll is not None else float("inf")), -i
+
+    scored = [i for i, r in enumerate(rows) if r.get("kd_val_acc") is not None]
+    return max(scored, key=key) if scored else None
 
 
 def run_sweep(base: RunConfig, axes: list[Axis], out: Path, seeds: int | None = None,
@@ -225,8 +234,10 @@ def _row(point: dict[str, Any], names: list[str], kd: list[dict[str, Any]], scra
     recovery = gain_recovery_over_seeds([e["test_acc"] for e in kd], [e["test_acc"] for e in scratch],
                                         ensemble_acc)
     vals = [e["val_acc"] for e in kd if e.get("val_acc") is not None]
+    val_nlls = [e["val_nll"] for e in kd if e.get("val_nll") is not None]
     return {**{n: point[n] for n in names}, "point": point_label(point),
             "kd_val_acc": mean_std(vals)["mean"] if vals else None,
+            "kd_val_nll": mean_std(val_nlls)["mean"] if val_nlls else None,
             "kd_test_acc_mean": kd_acc["mean"], "kd_test_acc_std": kd_acc["std"],
             "kd_test_nll_mean": mean_std([e["test_nll"] for e in kd])["mean"],
             "scratch_test_acc_mean": sc_acc["mean"], "scratch_test_acc_std": sc_acc["std"],
@@ -238,15 +249,41 @@ def _row(point: dict[str, Any], names: list[str], kd: list[dict[str, Any]], scra
 
 def format_sweep(result: SweepResult) -> str:
     """Plain-text table of a sweep, the val-best row marked with '*'."""
-    header = (f"{'':2}{'point':<52}{'kd val':>8}{'kd test acc':>17}{'scratch test acc':>18}"
+    width = max([len("point"), *(len(r["point"]) for r in result.rows)]) + 2
+    header = (f"{'':2}{'point':<{width}}{'kd val':>8}{'kd test acc':>17}{'scratch test acc':>18}"
               f"{'paired gain':>17}{'recovery':>9}")
     lines = [header, "-" * len(header)]
     for i, r in enumerate(result.rows):
         mark = "* " if i == result.best else "  "
         val = "" if r["kd_val_acc"] is None else f"{r['kd_val_acc']:.4f}"
         rec = "" if r["gain_recovery"] is None else f"{r['gain_recovery']:.2f}"
-        lines.append(f"{mark}{r['point'][:51]:<52}{val:>8}"
+        lines.append(f"{mark}{r['point']:<{width}}{val:>8}"
                      f"{r['kd_test_acc_mean']:>10.4f}+-{r['kd_test_acc_std']:.4f}"
                      f"{r['scratch_test_acc_mean']:>11.4f}+-{r['scratch_test_acc_std']:.4f}"
                      f"{r['paired_gain_mean']:>+10.4f}+-{r['paired_gain_std']:.4f}{rec:>9}")
     return "\n".join(lines)
+
+
+def load_sweep(folder: Path) -> dict[str, Any]:
+    """A finished (or running) sweep's `sweep.json` plus its base config: {axes, best, rows, config}."""
+    folder = Path(folder)
+    path = folder / "sweep.json"
+    if not path.is_file():
+        raise OutputError("sweep folder", f"'{folder}' holds no sweep.json",
+                          "give the --out folder of a `kdlab sweep` (it appears after the first point)")
+    try:
+        sweep = json.loads(path.read_text())
+        base = yaml.safe_load((folder / "config.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        raise OutputError("sweep folder", f"'{folder}' cannot be read ({type(err).__name__})",
+                          "run the sweep again into a new --out folder") from None
+    return {**sweep, "config": base}
+
+
+def point_raw_config(sweep: dict[str, Any], index: int) -> dict[str, Any]:
+    """The config dict of row `index` of a loaded sweep: its base config with the point applied."""
+    raw = copy.deepcopy(sweep["config"])
+    row = sweep["rows"][index]
+    for name in sweep["axes"]:
+        config_mod.set_field(raw, name, row[name])
+    return raw

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -12,7 +13,8 @@ from click.testing import CliRunner
 from core import config
 from core.cli import main
 from core.errors import ConfigError, KdlabError
-from core.sweep import best_row, grid_points, parse_axis, point_config, run_sweep
+from core.sweep import (best_row, grid_points, load_sweep, parse_axis, point_config, point_raw_config,
+                        run_sweep)
 from core.train import EventBus
 
 TINY = ["data.name=shapes", "data.count=240", "data.image_size=16", "train.epochs=2", "train.batch_size=32",
@@ -50,15 +52,18 @@ def test_a_repeated_axis_and_an_out_of_range_value_are_refused():
     with pytest.raises(ConfigError) as err:
         point_config(base, {"distill.alpha": 1.5})
     assert err.value.field == "distill.alpha" and "grid point" in str(err.value)
-    cfg = point_config(base, {"distill.temperature": 2, "student.lr": 0.02}, seeds=3)
-    assert (cfg.distill.temperature, cfg.student.lr, cfg.student.seeds) == (2, 0.02, 3)
-    assert base.distill.temperature == 4.0  # the base config is not modified
+    before = base.to_dict()
+    cfg = point_config(base, {"distill.temperature": 3, "student.lr": 0.05}, seeds=3)
+    assert (cfg.distill.temperature, cfg.student.lr, cfg.student.seeds) == (3, 0.05, 3)
+    assert base.to_dict() == before  # the base config is not modified
 
 
 def test_best_row_is_by_val_accuracy_only():
     rows = [{"kd_val_acc": 0.90, "kd_test_acc_mean": 0.99}, {"kd_val_acc": 0.95, "kd_test_acc_mean": 0.80},
             {"kd_val_acc": 0.95, "kd_test_acc_mean": 0.85}, {"kd_val_acc": None}]
     assert best_row(rows) == 1  # the earlier of the tied points, whatever test says
+    rows[1]["kd_val_nll"], rows[2]["kd_val_nll"] = 0.20, 0.10
+    assert best_row(rows) == 2  # a tie in val accuracy goes to the lower val NLL
     assert best_row([{"kd_val_acc": None}]) is None
 
 
@@ -133,3 +138,44 @@ def test_cli_sweep_prints_the_table_and_the_pick(tiny_sweep):
     assert "--set distill.temperature=" in result.output
     bad = CliRunner().invoke(main, ["sweep", "--grid", "train.epochs=1,2", "--out", str(out)])
     assert bad.exit_code == 2 and "train.epochs" in bad.output
+
+
+def test_load_sweep_and_a_point_back_as_a_config(tiny_sweep, tmp_path):
+    out, base, axes, result, _ = tiny_sweep
+    sweep = load_sweep(out)
+    assert sweep["best"] == result.best and sweep["config"] == base.to_dict()
+    raw = point_raw_config(sweep, 1)
+    cfg = config.validate(raw)
+    assert (cfg.distill.temperature, cfg.distill.alpha) == (4, 0.5)
+    assert cfg.teachers == base.teachers and sweep["config"]["distill"] == base.to_dict()["distill"]
+    with pytest.raises(KdlabError, match="no sweep.json"):
+        load_sweep(tmp_path)
+
+
+def test_sweep_chart_marks_the_pick_and_draws_the_ensemble(tiny_sweep):
+    from dashboard import figures
+    _, _, _, result, _ = tiny_sweep
+    fig = figures.sweep_chart(result.rows, result.best)
+    names = [t.name for t in fig.data]
+    assert names == ["KD student", "scratch student", "best by KD val accuracy"]
+    assert list(fig.data[0].error_y.array) == [r["kd_test_acc_std"] for r in result.rows]
+    assert fig.data[2].x[0] == result.rows[result.best]["point"]
+    assert any("ensemble" in a.text for a in fig.layout.annotations)
+    assert figures.is_empty(figures.sweep_chart([]))
+    with pytest.raises(ValueError, match="kd_test_acc_mean"):
+        figures.sweep_chart([{"point": "x"}])
+
+
+def test_compare_page_shows_a_sweep_folder(tiny_sweep, tmp_path):
+    from streamlit.testing.v1 import AppTest
+    out, *_ = tiny_sweep
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "dashboard" / "pages" / "compare.py"),
+                            default_timeout=60)
+    at.session_state["sweep_dir"] = str(out)
+    at.run()
+    assert not at.exception, at.exception
+    assert any(json.loads(c.proto.spec)["layout"]["title"]["text"].startswith("Sweep")
+               for c in at.get("plotly_chart"))
+    assert list(at.dataframe[0].value["point"]) == [r["point"] for r in tiny_sweep[3].rows]
+    at.text_input(key="sweep_dir").set_value(str(tmp_path)).run()
+    assert any("no sweep.json" in e.value for e in at.error)

@@ -1,15 +1,47 @@
-"""Compare: runs side by side (config differences and metrics); load a run's config into Setup."""
+"""Compare: runs side by side (config differences and metrics), and a student sweep's points;
+load a run's (or a sweep point's) config into Setup."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from core.errors import KdlabError
+from core.sweep import load_sweep, point_raw_config
 from dashboard import figures
 from dashboard.state import run_store
 
 st.title("Compare")
+
+
+def sweep_section() -> None:
+    """A `kdlab sweep` folder: its points charted and tabled; any point loads into Setup."""
+    opened = bool(st.session_state.get("sweep_dir"))
+    with st.expander("Student sweep (`kdlab sweep --out FOLDER`)", expanded=opened):
+        folder = st.text_input("Sweep folder", key="sweep_dir", placeholder="runs/sweep")
+        if not folder:
+            return
+        try:
+            sweep = load_sweep(Path(folder))
+        except KdlabError as err:
+            st.error(str(err))
+            return
+        rows, best = sweep["rows"], sweep["best"]
+        st.plotly_chart(figures.sweep_chart(rows, best), key="sweep_chart")
+        table = pd.DataFrame(rows)[["point", "kd_val_acc", "kd_test_acc_mean", "kd_test_acc_std",
+                                    "scratch_test_acc_mean", "paired_gain_mean", "gain_recovery", "seeds"]]
+        st.dataframe(table, hide_index=True, width="stretch", key="sweep_table")
+        labels = [r["point"] for r in rows]
+        pick = st.selectbox("Point", labels, index=best or 0, key="sweep_point",
+                            help="Preselected: the best by KD val accuracy.")
+        if st.button("Load point into Setup", key="sweep_load"):
+            st.session_state["loaded_config"] = point_raw_config(sweep, labels.index(pick))
+            st.switch_page("pages/setup.py")
+
+
+sweep_section()
 store = run_store()
 runs = store.list_runs()
 if runs.empty:
