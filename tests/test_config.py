@@ -84,7 +84,7 @@ def test_unreadable_config_file(tmp_path):
 
 
 def test_student_train_config_overrides_only_what_is_set() -> None:
-    cfg = config.load(overrides=["train.epochs=7", "train.lr=0.003"])
+    cfg = config.load(overrides=["train.epochs=7", "train.lr=0.003", "student.lr=null", "student.epochs=null"])
     assert cfg.student.train_config(cfg.train) == cfg.train  # nothing set: the teachers' schedule
     cfg = config.load(overrides=["train.epochs=7", "train.lr=0.003", "student.lr=0.02", "student.epochs=12"])
     student = cfg.student.train_config(cfg.train)
