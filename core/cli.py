@@ -218,10 +218,14 @@ def _record_start(store: RunStore, cfg, out: Path, run_id: str, resumed: bool) -
                    "grid is every combination). Fields: distill.*, student.*, ensemble.scheme.")
 @click.option("--seeds", type=click.IntRange(1, 20), default=None,
               help="Student seeds per point (default: student.seeds of the config).")
-@click.option("--out", required=True, type=click.Path(), help="Folder for teachers, cache and sweep results.")
+@click.option("--out", type=click.Path(),
+              help="Folder for teachers, cache and sweep results (default: a new sweep-* folder in the run "
+                   "store's folder, where the dashboard's Compare page lists it).")
+@click.option("--store", "store_dir", type=click.Path(file_okay=False),
+              help=f"Run store folder for the default --out (default ${ENV_VAR} or ./{DEFAULT_DIR}).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def sweep(config_file: str | None, preset_name: str | None, overrides: tuple[str, ...], grid: tuple[str, ...],
-          seeds: int | None, out: str, quiet: bool) -> None:
+          seeds: int | None, out: str | None, store_dir: str | None, quiet: bool) -> None:
     """Student sweep: train the teachers once, then KD and scratch students for every grid point.
 
     Points are ranked by the distilled students' val accuracy; test accuracy, the paired KD - scratch
@@ -237,7 +241,10 @@ def sweep(config_file: str | None, preset_name: str | None, overrides: tuple[str
     except KdlabError as err:
         _fail(err)
     n_seeds = seeds or cfg.student.seeds
-    click.echo(f"kdlab sweep: {cfg.name}, {points} point(s) x {n_seeds} seed(s); teachers trained once", err=True)
+    if out is None:
+        out = str((Path(store_dir) if store_dir else default_data_dir()) / f"sweep-{new_run_id(cfg.name)}")
+    click.echo(f"kdlab sweep: {cfg.name}, {points} point(s) x {n_seeds} seed(s) into {out}; teachers trained "
+               "once", err=True)
     cancel = CancelToken()
     events = EventBus(ProgressBars(enabled=not quiet))
 
@@ -251,7 +258,7 @@ def sweep(config_file: str | None, preset_name: str | None, overrides: tuple[str
         _fail(err)
     except (Cancelled, KeyboardInterrupt):
         cancel.cancel()
-        click.echo("cancelled: checkpoints are kept; run the same command again to resume", err=True)
+        click.echo(f"cancelled: checkpoints are kept; resume with the same command and --out {out}", err=True)
         sys.exit(130)
     click.echo(format_sweep(result))
     if result.best is not None:

@@ -287,3 +287,12 @@ def point_raw_config(sweep: dict[str, Any], index: int) -> dict[str, Any]:
     for name in sweep["axes"]:
         config_mod.set_field(raw, name, row[name])
     return raw
+
+
+def find_sweeps(root: Path) -> list[Path]:
+    """Sweep folders directly below `root` (the run store's folder by default), newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p.parent for p in root.glob("*/sweep.json")]
+    return sorted(found, key=lambda p: (p / "sweep.json").stat().st_mtime, reverse=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from click.testing import CliRunner
 from core import config
 from core.cli import main
 from core.errors import ConfigError, KdlabError
-from core.sweep import (best_row, grid_points, load_sweep, parse_axis, point_config, point_raw_config,
+from core.sweep import (best_row, find_sweeps, grid_points, load_sweep, parse_axis, point_config, point_raw_config,
                         run_sweep)
 from core.train import EventBus
 
@@ -166,16 +168,42 @@ def test_sweep_chart_marks_the_pick_and_draws_the_ensemble(tiny_sweep):
         figures.sweep_chart([{"point": "x"}])
 
 
-def test_compare_page_shows_a_sweep_folder(tiny_sweep, tmp_path):
+def test_find_sweeps_newest_first(tiny_sweep, tmp_path):
+    out, *_ = tiny_sweep
+    for name in ("sweep-a", "sweep-b"):
+        (tmp_path / name).mkdir()
+        shutil.copy(out / "sweep.json", tmp_path / name / "sweep.json")
+    (tmp_path / "a-run").mkdir()  # no sweep.json: not a sweep
+    os.utime(tmp_path / "sweep-a" / "sweep.json", (1e9, 1e9))  # the older one
+    assert find_sweeps(tmp_path) == [tmp_path / "sweep-b", tmp_path / "sweep-a"]
+    assert find_sweeps(tmp_path / "missing") == []
+
+
+def test_compare_page_shows_a_sweep_folder(tiny_sweep, run_store_dir, tmp_path):
     from streamlit.testing.v1 import AppTest
     out, *_ = tiny_sweep
+    listed = run_store_dir / "sweep-listed"
+    listed.mkdir(exist_ok=True)
+    for name in ("sweep.json", "config.yaml"):
+        shutil.copy(out / name, listed / name)
     at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "dashboard" / "pages" / "compare.py"),
                             default_timeout=60)
-    at.session_state["sweep_dir"] = str(out)
     at.run()
+    assert str(listed) in at.selectbox(key="sweep_found").options
+    at.selectbox(key="sweep_found").set_value(str(listed)).run()
+    assert at.text_input(key="sweep_dir").value == str(listed)
     assert not at.exception, at.exception
     assert any(json.loads(c.proto.spec)["layout"]["title"]["text"].startswith("Sweep")
                for c in at.get("plotly_chart"))
     assert list(at.dataframe[0].value["point"]) == [r["point"] for r in tiny_sweep[3].rows]
     at.text_input(key="sweep_dir").set_value(str(tmp_path)).run()
     assert any("no sweep.json" in e.value for e in at.error)
+
+
+def test_cli_sweep_without_out_writes_into_the_store_folder(tmp_path):
+    args = ["sweep", *sum((["--set", o] for o in TINY + ["distill.teaching=cached", "train.epochs=1"]), []),
+            "--grid", "distill.temperature=2", "--seeds", "1", "--store", str(tmp_path), "--quiet"]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (folder,) = find_sweeps(tmp_path)
+    assert folder.name.startswith("sweep-") and str(folder) in result.output

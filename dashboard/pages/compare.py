@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import KdlabError
-from core.sweep import load_sweep, point_raw_config
+from core.sweep import find_sweeps, load_sweep, point_raw_config
 from dashboard import figures
 from dashboard.state import run_store
 
@@ -18,9 +18,12 @@ st.title("Compare")
 
 def sweep_section() -> None:
     """A `kdlab sweep` folder: its points charted and tabled; any point loads into Setup."""
-    opened = bool(st.session_state.get("sweep_dir"))
-    with st.expander("Student sweep (`kdlab sweep --out FOLDER`)", expanded=opened):
-        folder = st.text_input("Sweep folder", key="sweep_dir", placeholder="runs/sweep")
+    found = [str(p) for p in find_sweeps(run_store().data_dir)]
+    with st.expander("Student sweeps (`kdlab sweep`)", expanded=bool(found or st.session_state.get("sweep_dir"))):
+        if found:
+            st.selectbox("Sweeps in the run store's folder, newest first", ["", *found], key="sweep_found",
+                         on_change=lambda: st.session_state.update(sweep_dir=st.session_state["sweep_found"]))
+        folder = st.text_input("Sweep folder", key="sweep_dir", placeholder="kdlab-runs/sweep-...")
         if not folder:
             return
         try:
