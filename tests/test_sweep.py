@@ -161,7 +161,9 @@ def test_sweep_chart_marks_the_pick_and_draws_the_ensemble(tiny_sweep):
     names = [t.name for t in fig.data]
     assert names == ["KD student", "scratch student", "best by KD val accuracy"]
     assert list(fig.data[0].error_y.array) == [r["kd_test_acc_std"] for r in result.rows]
-    assert fig.data[2].x[0] == result.rows[result.best]["point"]
+    assert fig.data[2].x[0] == result.rows[result.best]["point"]  # no axes given: the full point text
+    short = figures.sweep_chart(result.rows, result.best, result.axes)
+    assert list(short.data[0].x) == ["temperature=1 alpha=0.5", "temperature=4 alpha=0.5"]
     assert any("ensemble" in a.text for a in fig.layout.annotations)
     assert figures.is_empty(figures.sweep_chart([]))
     with pytest.raises(ValueError, match="kd_test_acc_mean"):

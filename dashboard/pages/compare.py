@@ -32,7 +32,7 @@ def sweep_section() -> None:
             st.error(str(err))
             return
         rows, best = sweep["rows"], sweep["best"]
-        st.plotly_chart(figures.sweep_chart(rows, best), key="sweep_chart")
+        st.plotly_chart(figures.sweep_chart(rows, best, sweep["axes"]), key="sweep_chart")
         table = pd.DataFrame(rows)[["point", "kd_val_acc", "kd_test_acc_mean", "kd_test_acc_std",
                                     "scratch_test_acc_mean", "paired_gain_mean", "gain_recovery", "seeds"]]
         st.dataframe(table, hide_index=True, width="stretch", key="sweep_table")
