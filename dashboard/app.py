@@ -18,7 +18,9 @@ if str(ROOT) not in sys.path:
 
 st.set_page_config(page_title="kdlab", page_icon=str(ROOT / "assets" / "logo.png"), layout="wide")
 
-PAGES = ROOT / "dashboard" / "pages"
+# Not named pages/: Streamlit would also list that folder's files as pages when a page is opened
+# by its URL, beside the titled navigation below.
+PAGES = ROOT / "dashboard" / "views"
 pages = [
     st.Page(str(PAGES / "setup.py"), title="Setup", icon=":material/tune:", default=True),
     st.Page(str(PAGES / "runs.py"), title="Runs", icon=":material/monitoring:"),

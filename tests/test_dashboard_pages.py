@@ -12,7 +12,7 @@ from core import config
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "dashboard" / "app.py")
-PAGES = ROOT / "dashboard" / "pages"
+PAGES = ROOT / "dashboard" / "views"
 TINY = {"name": "tiny", "data": {"name": "shapes", "count": 240, "image_size": 16},
         "teachers": [{"model": "test_resnet", "seeds": 2}, {"model": "test_efficientnet"}],
         "student": {"model": "test_byobnet", "width": None, "seeds": 2},

@@ -19,7 +19,7 @@ import torch
 from core.diagnostics import diagnose
 from dashboard import figures
 
-LEARN_PAGE = str(Path(__file__).resolve().parent.parent / "dashboard" / "pages" / "learn.py")
+LEARN_PAGE = str(Path(__file__).resolve().parent.parent / "dashboard" / "views" / "learn.py")
 
 
 def _names(fig: go.Figure) -> list[str]:

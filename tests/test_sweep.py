@@ -188,7 +188,7 @@ def test_compare_page_shows_a_sweep_folder(tiny_sweep, run_store_dir, tmp_path):
     listed.mkdir(exist_ok=True)
     for name in ("sweep.json", "config.yaml"):
         shutil.copy(out / name, listed / name)
-    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "dashboard" / "pages" / "compare.py"),
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "dashboard" / "views" / "compare.py"),
                             default_timeout=60)
     at.run()
     assert str(listed) in at.selectbox(key="sweep_found").options

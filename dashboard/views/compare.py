@@ -41,7 +41,7 @@ def sweep_section() -> None:
                             help="Preselected: the best by KD val accuracy.")
         if st.button("Load point into Setup", key="sweep_load"):
             st.session_state["loaded_config"] = point_raw_config(sweep, labels.index(pick))
-            st.switch_page("pages/setup.py")
+            st.switch_page("views/setup.py")
 
 
 sweep_section()
@@ -79,4 +79,4 @@ if len(records) >= 2:
 source = st.selectbox("Load a run's config into Setup", [r.id for r in records], key="load_source")
 if st.button("Load into Setup", key="load_config"):
     st.session_state["loaded_config"] = next(r.config for r in records if r.id == source)
-    st.switch_page("pages/setup.py")
+    st.switch_page("views/setup.py")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-# Run on its own (`streamlit run dashboard/pages/learn.py`, or AppTest.from_file) only dashboard/pages/
+# Run on its own (`streamlit run dashboard/views/learn.py`, or AppTest.from_file) only dashboard/views/
 # is on sys.path, not the project root.
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
