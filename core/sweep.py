@@ -34,7 +34,10 @@ from core.errors import ConfigError, KdlabError, ModelError, OutputError
 from core.evaluate import gain_recovery_over_seeds, mean_std, probs_metrics
 from core.pipeline import (FALLBACK_SCHEME, JsonlWriter, _fingerprint, check_output_dir, ensemble_stage,
                            prepare, teacher_stage, teaching_stage)
-from core.students import train_student
+from core.distill import kd_loss_doc
+from core.ensemble import fits_on_val
+from core.models import model_card
+from core.students import student_spec, train_student
 from core.train import CancelToken, Event, EventBus
 
 # Axes a sweep may vary: they change the students only, so the teachers and their cache stay valid.
@@ -156,8 +159,8 @@ def run_sweep(base: RunConfig, axes: list[Axis], out: Path, seeds: int | None = 
     if saved_axes.is_file() and yaml.safe_load(saved_axes.read_text()) != axes_doc:
         raise KdlabError("--out", f"'{out}' holds a sweep over other axes", "choose a new --out folder")
     prep = prepare(base, out)
-    for cfg in configs:  # registry names (loss, scheme) of every point, before anything trains
-        prepare_names(cfg)
+    for cfg in configs:  # names and models of every point, before anything trains
+        check_point(cfg, prep.data)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(base.to_yaml())
     saved_axes.write_text(yaml.safe_dump(axes_doc, sort_keys=False))
@@ -169,13 +172,11 @@ def run_sweep(base: RunConfig, axes: list[Axis], out: Path, seeds: int | None = 
         writer.close()
 
 
-def prepare_names(cfg: RunConfig) -> None:
-    """Fail early, naming the field, on an unknown loss or scheme in a grid point."""
-    from core.distill import kd_loss_doc
-    from core.ensemble import fits_on_val
-
+def check_point(cfg: RunConfig, data) -> None:
+    """Fail early, naming the field, on an unknown loss, scheme or student model in a grid point."""
     fits_on_val(cfg.ensemble.scheme)
     kd_loss_doc(cfg.distill.loss)
+    model_card(student_spec(cfg), data.num_classes, data.in_chans, data.image_size, field="student.model")
 
 
 def _sweep(prep, points, configs, axes, out, events, cancel, on_row) -> SweepResult:

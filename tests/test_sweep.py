@@ -60,6 +60,16 @@ def test_a_repeated_axis_and_an_out_of_range_value_are_refused():
     assert base.to_dict() == before  # the base config is not modified
 
 
+def test_a_bad_point_fails_before_any_teacher_trains(tmp_path):
+    base = config.load(overrides=TINY)
+    starts = Starts()
+    with pytest.raises(KdlabError) as err:
+        run_sweep(base, [parse_axis("student.model=test_byobnet,no_such_net_xyz")], tmp_path / "s",
+                  events=EventBus(starts))
+    assert err.value.field == "student.model" and "no_such_net_xyz" in str(err.value)
+    assert starts.fresh == [] and not (tmp_path / "s" / "teachers").exists()
+
+
 def test_best_row_is_by_val_accuracy_only():
     rows = [{"kd_val_acc": 0.90, "kd_test_acc_mean": 0.99}, {"kd_val_acc": 0.95, "kd_test_acc_mean": 0.80},
             {"kd_val_acc": 0.95, "kd_test_acc_mean": 0.85}, {"kd_val_acc": None}]
