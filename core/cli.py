@@ -252,6 +252,11 @@ def sweep(config_file: str | None, preset_name: str | None, overrides: tuple[str
         click.echo(f"done: {row['point']}: KD {row['kd_test_acc_mean']:.4f} vs scratch "
                    f"{row['scratch_test_acc_mean']:.4f} (val {row['kd_val_acc']:.4f})", err=True)
 
+    def print_warning(event) -> None:
+        if event.kind == "info" and event.message.startswith("warning: "):
+            click.echo(event.message, err=True)
+
+    events.subscribe(print_warning)
     try:
         result = run_sweep(cfg, axes, Path(out), seeds, events, cancel, on_row)
     except KdlabError as err:

@@ -32,11 +32,11 @@ from core.cache import CacheStats
 from core.config import RunConfig
 from core.errors import ConfigError, KdlabError, ModelError, OutputError
 from core.evaluate import gain_recovery_over_seeds, mean_std, probs_metrics
-from core.pipeline import (FALLBACK_SCHEME, JsonlWriter, _fingerprint, check_output_dir, ensemble_stage,
-                           prepare, teacher_stage, teaching_stage)
 from core.distill import kd_loss_doc
 from core.ensemble import fits_on_val
 from core.models import model_card
+from core.pipeline import (FALLBACK_SCHEME, JsonlWriter, _fingerprint, check_output_dir, ensemble_stage,
+                           prepare, teacher_stage, teaching_stage)
 from core.students import student_spec, train_student
 from core.train import CancelToken, Event, EventBus
 
@@ -112,6 +112,7 @@ class SweepResult:
     best: int | None
     teachers: list[dict[str, Any]]
     target_accs: dict[str, float]
+    warnings: list[str]
 
 
 def _scratch_key(cfg: RunConfig, with_views: bool) -> str:
@@ -120,7 +121,8 @@ def _scratch_key(cfg: RunConfig, with_views: bool) -> str:
     return _fingerprint(student, with_views, cfg.train.model_dump(), cfg.data.model_dump(), cfg.seed)
 
 
-def _write_rows(rows: list[dict[str, Any]], best: int | None, out: Path, axes: list[str]) -> None:
+def _write_rows(rows: list[dict[str, Any]], best: int | None, out: Path, axes: list[str],
+                warnings: list[str]) -> None:
     fields = [*axes, *ROW_COLUMNS, "best"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
@@ -128,7 +130,7 @@ def _write_rows(rows: list[dict[str, Any]], best: int | None, out: Path, axes: l
     for i, r in enumerate(rows):
         writer.writerow({**r, "best": i == best})
     write_text(buf.getvalue(), out / "sweep.csv")
-    write_json({"axes": axes, "best": best, "rows": rows}, out / "sweep.json", indent=2)
+    write_json({"axes": axes, "best": best, "rows": rows, "warnings": warnings}, out / "sweep.json", indent=2)
 
 
 def best_row(rows: list[dict[str, Any]]) -> int | None:
@@ -181,8 +183,10 @@ def check_point(cfg: RunConfig, data) -> None:
 
 def _sweep(prep, points, configs, axes, out, events, cancel, on_row) -> SweepResult:
     stats = CacheStats()
+    warnings: list[str] = list(prep.warnings)
 
     def warn(message: str) -> None:
+        warnings.append(message)
         events.emit(Event("info", "sweep", message=f"warning: {message}"))
 
     events.emit(Event("stage", "teachers", message=f"training {prep.trainings} teacher draw(s)"))
@@ -207,7 +211,9 @@ def _sweep(prep, points, configs, axes, out, events, cancel, on_row) -> SweepRes
         point_prep = replace(prep, cfg=cfg)
         teaching = teaching_stage(point_prep, target, trained.draws, out, stats)
         key = _scratch_key(cfg, teaching.views is not None)
-        fingerprint = _fingerprint(cfg.to_dict())
+        trial = cfg.to_dict()
+        trial["student"].pop("seeds")  # more seeds later must not retrain the earlier ones
+        fingerprint = _fingerprint(trial)
         sc_list = scratch.setdefault(key, [])
         kd_entries = []
         for s in range(cfg.student.seeds):
@@ -221,10 +227,10 @@ def _sweep(prep, points, configs, axes, out, events, cancel, on_row) -> SweepRes
         sc_entries = sc_list[:cfg.student.seeds]
         rows.append(_row(point, names, kd_entries, sc_entries, target_accs[scheme]))
         best = best_row(rows)
-        _write_rows(rows, best, out, names)
+        _write_rows(rows, best, out, names, warnings)
         if on_row is not None:
             on_row(rows[-1])
-    return SweepResult(names, rows, best, trained.entries, target_accs)
+    return SweepResult(names, rows, best, trained.entries, target_accs, warnings)
 
 
 def _row(point: dict[str, Any], names: list[str], kd: list[dict[str, Any]], scratch: list[dict[str, Any]],

@@ -219,3 +219,17 @@ def test_cli_sweep_without_out_writes_into_the_store_folder(tmp_path):
     assert result.exit_code == 0, result.output
     (folder,) = find_sweeps(tmp_path)
     assert folder.name.startswith("sweep-") and str(folder) in result.output
+
+
+def test_an_unfittable_scheme_point_falls_back_with_a_warning_and_more_seeds_reuse_the_earlier(tmp_path):
+    base = config.load(overrides=TINY + ["student.seeds=1", "train.epochs=1", "teachers=[{model: test_resnet}]",
+                                         "data.val_fraction=0.02", "distill.teaching=cached"])
+    axes = [parse_axis("ensemble.scheme=mean_logit,stacking")]
+    result = run_sweep(base, axes, tmp_path, seeds=1)
+    assert [w for w in result.warnings if "'stacking' could not be fitted" in w]
+    assert json.loads((tmp_path / "sweep.json").read_text())["warnings"] == result.warnings
+    # Both points learned from mean_logit: the same target, so the same students.
+    assert result.rows[0]["kd_test_acc_mean"] == result.rows[1]["kd_test_acc_mean"]
+    starts = Starts()
+    run_sweep(base, axes, tmp_path, seeds=2, events=EventBus(starts))
+    assert sorted(starts.fresh) == ["student/kd-r1/s1"] * 2 + ["student/scratch/s1"]  # only seed 1 is new
