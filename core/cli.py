@@ -249,8 +249,9 @@ def sweep(config_file: str | None, preset_name: str | None, overrides: tuple[str
     events = EventBus(ProgressBars(enabled=not quiet))
 
     def on_row(row: dict) -> None:
+        val = "" if row["kd_val_acc"] is None else f" (val {row['kd_val_acc']:.4f})"
         click.echo(f"done: {row['point']}: KD {row['kd_test_acc_mean']:.4f} vs scratch "
-                   f"{row['scratch_test_acc_mean']:.4f} (val {row['kd_val_acc']:.4f})", err=True)
+                   f"{row['scratch_test_acc_mean']:.4f}{val}", err=True)
 
     def print_warning(event) -> None:
         if event.kind == "info" and event.message.startswith("warning: "):

@@ -157,7 +157,8 @@ def prepare(cfg: RunConfig, out: Path | None = None) -> Prepared:
     return prep
 
 
-def _fingerprint(*parts: Any) -> str:
+def config_fingerprint(*parts: Any) -> str:
+    """16 hex digits of SHA-256 over JSON of `parts`: what a checkpoint was trained with."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -182,8 +183,8 @@ def train_teacher(prep: Prepared, member: Member, seed_index: int, out: Path, ev
     seed = cfg.seed + 1000 * member.index + seed_index
     source = f"teacher/{member.label}/s{seed_index}"
     folder = out / "teachers" / f"{member.label}_s{seed_index}"
-    fingerprint = _fingerprint(member.cfg.model_dump(), cfg.data.model_dump(), cfg.train.model_dump(), seed,
-                               cfg.ensemble.draws)
+    fingerprint = config_fingerprint(member.cfg.model_dump(), cfg.data.model_dump(), cfg.train.model_dump(),
+                                     seed, cfg.ensemble.draws)
     torch.manual_seed(seed)
     model = build_model(member.spec(), prep.data.num_classes, prep.data.in_chans,
                         image_size=prep.data.image_size, field=f"teachers.{member.index}.model")
@@ -300,9 +301,9 @@ def student_stage(prep: Prepared, teaching: Teaching, plain_target: torch.Tensor
     seed of the scratch and last-round distilled students (for the diagnostics).
     """
     cfg = prep.cfg
-    fingerprint = _fingerprint(cfg.student.model_dump(), cfg.data.model_dump(), cfg.train.model_dump(),
-                               cfg.distill.model_dump(), cfg.ensemble.model_dump(),
-                               [m.cfg.model_dump() for m in prep.members], cfg.seed)
+    fingerprint = config_fingerprint(cfg.student.model_dump(), cfg.data.model_dump(), cfg.train.model_dump(),
+                                     cfg.distill.model_dump(), cfg.ensemble.model_dump(),
+                                     [m.cfg.model_dump() for m in prep.members], cfg.seed)
     entries, models = [], {}
     test_logits: dict[str, list[torch.Tensor]] = {"scratch": [], "kd": []}
     for s in range(cfg.student.seeds):

@@ -35,9 +35,9 @@ from core.evaluate import gain_recovery_over_seeds, mean_std, probs_metrics
 from core.distill import kd_loss_doc
 from core.ensemble import fits_on_val
 from core.models import model_card
-from core.pipeline import (FALLBACK_SCHEME, JsonlWriter, _fingerprint, check_output_dir, ensemble_stage,
-                           prepare, teacher_stage, teaching_stage)
-from core.students import student_spec, train_student
+from core.pipeline import (FALLBACK_SCHEME, JsonlWriter, config_fingerprint, ensemble_stage, prepare,
+                           teacher_stage, teaching_stage)
+from core.students import Teaching, student_spec, train_student
 from core.train import CancelToken, Event, EventBus
 
 # Axes a sweep may vary: they change the students only, so the teachers and their cache stay valid.
@@ -118,7 +118,7 @@ class SweepResult:
 def _scratch_key(cfg: RunConfig, with_views: bool) -> str:
     """What a scratch student depends on: its own settings, and whether it is shown named views."""
     student = cfg.student.model_dump(exclude={"seeds"})
-    return _fingerprint(student, with_views, cfg.train.model_dump(), cfg.data.model_dump(), cfg.seed)
+    return config_fingerprint(student, with_views, cfg.train.model_dump(), cfg.data.model_dump(), cfg.seed)
 
 
 def _write_rows(rows: list[dict[str, Any]], best: int | None, out: Path, axes: list[str],
@@ -155,12 +155,11 @@ def run_sweep(base: RunConfig, axes: list[Axis], out: Path, seeds: int | None = 
     cancel = cancel or CancelToken()
     points = grid_points(axes)
     configs = [point_config(base, p, seeds) for p in points]  # every point is checked before training
-    check_output_dir(out, base)
     saved_axes = out / "sweep.yaml"
     axes_doc = {a.field: list(a.values) for a in axes}
     if saved_axes.is_file() and yaml.safe_load(saved_axes.read_text()) != axes_doc:
         raise KdlabError("--out", f"'{out}' holds a sweep over other axes", "choose a new --out folder")
-    prep = prepare(base, out)
+    prep = prepare(base, out)  # also refuses a folder holding another config
     for cfg in configs:  # names and models of every point, before anything trains
         check_point(cfg, prep.data)
     out.mkdir(parents=True, exist_ok=True)
@@ -197,6 +196,7 @@ def _sweep(prep, points, configs, axes, out, events, cancel, on_row) -> SweepRes
     _, combined = ensemble_stage(prep, trained.stack(), events)
     target_accs = {name: probs_metrics(c.probs["test"], prep.data.test.y)["acc"] for name, c in combined.items()}
     scratch: dict[str, list[dict[str, Any]]] = {}
+    teachings: dict[tuple[str, str, int], Teaching] = {}  # points with the same target share it (the view cache is read once)
     rows: list[dict[str, Any]] = []
     names = [a.field for a in axes]
     best = None
@@ -207,13 +207,16 @@ def _sweep(prep, points, configs, axes, out, events, cancel, on_row) -> SweepRes
         if scheme != cfg.ensemble.scheme:
             warn(f"ensemble.scheme: '{cfg.ensemble.scheme}' could not be fitted; point {i + 1} learns "
                  f"from '{FALLBACK_SCHEME}'")
-        target = combined[scheme]
-        point_prep = replace(prep, cfg=cfg)
-        teaching = teaching_stage(point_prep, target, trained.draws, out, stats)
+        d = cfg.distill
+        teaching_key = (scheme, d.teaching, d.view_stride)
+        if teaching_key not in teachings:
+            teachings[teaching_key] = teaching_stage(replace(prep, cfg=cfg), combined[scheme], trained.draws, out,
+                                                     stats)
+        teaching = teachings[teaching_key]
         key = _scratch_key(cfg, teaching.views is not None)
         trial = cfg.to_dict()
         trial["student"].pop("seeds")  # more seeds later must not retrain the earlier ones
-        fingerprint = _fingerprint(trial)
+        fingerprint = config_fingerprint(trial)
         sc_list = scratch.setdefault(key, [])
         kd_entries = []
         for s in range(cfg.student.seeds):
