@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import csv
 import io
-import itertools
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,7 +29,7 @@ from core import config as config_mod
 from core.atomic import write_json, write_text
 from core.cache import CacheStats
 from core.config import RunConfig
-from core.errors import ConfigError, KdlabError, ModelError, OutputError
+from core.errors import KdlabError, ModelError, OutputError
 from core.evaluate import gain_recovery_over_seeds, mean_std, probs_metrics
 from core.distill import kd_loss_doc
 from core.ensemble import fits_on_val
@@ -38,69 +37,14 @@ from core.models import model_card
 from core.pipeline import (FALLBACK_SCHEME, JsonlWriter, config_fingerprint, ensemble_stage, prepare,
                            teacher_stage, teaching_stage)
 from core.students import Teaching, student_spec, train_student
+from core.sweep_grid import (SWEEPABLE_FIELDS, SWEEPABLE_PREFIXES, Axis, check_grid, grid_points,  # noqa: F401
+                             parse_axis, point_config, point_label, read_sweep_spec, sweep_trainings)
 from core.train import CancelToken, Event, EventBus
 
-# Axes a sweep may vary: they change the students only, so the teachers and their cache stay valid.
-SWEEPABLE_PREFIXES = ("distill.", "student.")
-SWEEPABLE_FIELDS = ("ensemble.scheme",)
 ROW_COLUMNS = ("point", "kd_val_acc", "kd_val_nll", "kd_test_acc_mean", "kd_test_acc_std", "kd_test_nll_mean",
                "scratch_test_acc_mean", "scratch_test_acc_std", "paired_gain_mean", "paired_gain_std",
                "ensemble_test_acc", "gain_recovery", "gain_recovery_per_seed_mean",
                "gain_recovery_per_seed_std", "seeds", "kd_train_seconds")
-
-
-@dataclass(frozen=True)
-class Axis:
-    """One swept field and the values it takes."""
-
-    field: str
-    values: tuple[Any, ...]
-
-
-def parse_axis(text: str) -> Axis:
-    """`distill.temperature=1,2,4` -> Axis; values are YAML scalars, as with `--set`."""
-    if "=" not in text:
-        raise ConfigError("--grid", f"'{text}' is not field=value,value",
-                          "write e.g. --grid distill.temperature=1,2,4")
-    name, values = (part.strip() for part in text.split("=", 1))
-    if not (name.startswith(SWEEPABLE_PREFIXES) or name in SWEEPABLE_FIELDS):
-        raise ConfigError(name, "a sweep varies the students only (distill.*, student.*, ensemble.scheme); "
-                          "other fields would retrain the teachers",
-                          "sweep it with separate `kdlab run`s, or fix it with --set")
-    if name in ("distill.rounds", "student.seeds"):
-        raise ConfigError(name, "cannot be a sweep axis (a trial trains one distillation round per seed)",
-                          "use --seeds for the seeds; compare rounds with `kdlab run`")
-    parsed = tuple(config_mod.parse_value(v.strip()) for v in values.split(",") if v.strip())
-    if not parsed:
-        raise ConfigError(name, "the axis has no values", f"write e.g. --grid {name}=1,2")
-    return Axis(name, parsed)
-
-
-def grid_points(axes: list[Axis]) -> list[dict[str, Any]]:
-    """Every combination of the axes' values, as field -> value dicts (the first axis varies slowest)."""
-    names = [a.field for a in axes]
-    if len(set(names)) != len(names):
-        raise ConfigError("--grid", f"an axis is given twice: {names}", "give each field once")
-    return [dict(zip(names, combo)) for combo in itertools.product(*(a.values for a in axes))]
-
-
-def point_config(base: RunConfig, point: dict[str, Any], seeds: int | None = None) -> RunConfig:
-    """The base config with one grid point (and the sweep's seed count) applied, validated."""
-    raw = copy.deepcopy(base.to_dict())
-    for name, value in point.items():
-        config_mod.set_field(raw, name, value)
-    if seeds is not None:
-        config_mod.set_field(raw, "student.seeds", seeds)
-    problems = config_mod.problems(raw)
-    if problems:
-        name, message = next(iter(problems.items()))
-        raise ConfigError(name, f"{message} (grid point {point_label(point)})", "change the --grid values")
-    return config_mod.validate(raw)
-
-
-def point_label(point: dict[str, Any]) -> str:
-    """`distill.temperature=2 student.lr=0.01`."""
-    return " ".join(f"{k}={v}" for k, v in point.items()) or "(base config)"
 
 
 @dataclass

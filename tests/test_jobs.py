@@ -190,3 +190,75 @@ def test_a_killed_run_is_interrupted_then_resumed_from_its_checkpoint(tmp_path):
     with pytest.raises(StoreError, match="folder .* is missing"):
         jobs.resume(lost)
     jobs.shutdown()
+
+
+# -- sweeps ---------------------------------------------------------------------------------------
+
+def test_a_sweep_job_runs_in_the_queue_after_a_run_and_writes_its_folder(manager, tmp_path):
+    from core.sweep import find_sweeps, load_sweep, parse_axis
+    run_id = manager.submit(tiny())
+    axes = [parse_axis("distill.temperature=1,4")]
+    sweep_id = manager.submit_sweep(tiny(), axes, seeds=1)
+    assert sweep_id.startswith("sweep-") and manager.sweeps()[0]["status"] == "queued"
+    progress = []
+    while manager.sweep_active(sweep_id):
+        progress.append(manager.sweeps()[0]["progress"])
+        if manager.store.get_run(run_id).status in ("queued", "running"):
+            assert manager.sweeps()[0]["status"] == "queued"  # one job per device: the sweep waits
+        time.sleep(0.02)
+    info = manager.sweeps()[0]
+    assert info["status"] == "done", info["error"]
+    assert manager.store.get_run(run_id).status == "done"
+    assert info["points_done"] == info["points"] == 2 and info["progress"] == 1.0
+    assert progress == sorted(progress) and any(0 < p < 1 for p in progress)
+    # 1 teacher + 2 KD students + 1 shared scratch student: all counted, none missed.
+    assert manager._sweeps[sweep_id].trainings_done == manager._sweeps[sweep_id].total_trainings == 4
+    folder = tmp_path / sweep_id
+    assert find_sweeps(tmp_path) == [folder]
+    assert [r["point"] for r in load_sweep(folder)["rows"]] == ["distill.temperature=1", "distill.temperature=4"]
+    assert manager.queued() == [] and manager.running() == []  # sweeps are not store runs
+
+
+def test_a_bad_sweep_is_refused_before_it_is_queued(manager):
+    from core.sweep import Axis
+    with pytest.raises(ConfigError) as err:
+        manager.submit_sweep(tiny(), [Axis("distill.alpha", (0.5, 2.0))])
+    assert err.value.field == "distill.alpha"
+    with pytest.raises(ConfigError) as err:
+        manager.submit_sweep(tiny(), [Axis("train.lr", (0.1,))])  # would retrain the teachers
+    assert err.value.field == "train.lr"
+    with pytest.raises(ConfigError):
+        manager.submit_sweep(tiny(), [])
+    assert manager.sweeps() == []
+
+
+def test_a_cancelled_sweep_resumes_in_its_folder_without_retraining(manager, tmp_path):
+    from core.sweep import load_sweep, parse_axis
+    axes = [parse_axis("distill.temperature=1,2")]
+    # 20 student epochs: the second point is still training when the test cancels it.
+    sweep_id = manager.submit_sweep(tiny("student.epochs=20"), axes, seeds=1)
+    job = manager._sweeps[sweep_id]
+    _wait_for(lambda: job.points_done >= 1)  # the first point is written
+    assert manager.cancel_sweep(sweep_id)
+    assert manager.wait_sweep(sweep_id, timeout=60) == "cancelled"
+    assert len(load_sweep(tmp_path / sweep_id)["rows"]) == 1
+    with pytest.raises(JobError):
+        manager.cancel_sweep("sweep-unknown")
+
+    before = len(sweep_events(tmp_path / sweep_id))
+    again = manager.resume_sweep(tmp_path / sweep_id)
+    assert again == sweep_id
+    assert manager.wait_sweep(sweep_id, timeout=120) == "done"
+    resumed = manager._sweeps[sweep_id]
+    assert resumed is not job and resumed.points_done == 2
+    rows = load_sweep(tmp_path / sweep_id)["rows"]
+    assert [r["seeds"] for r in rows] == [1, 1]
+    # After the resume only the second point's distilled student trains (from its last checkpoint, if any); the teacher and
+    # the shared scratch student come back from their checkpoints.
+    trained = [e["source"] for e in sweep_events(tmp_path / sweep_id)[before:] if e["kind"] == "epoch"]
+    assert trained and set(trained) == {"student/kd-r1/s0"} and len(trained) <= 20
+
+
+def sweep_events(folder) -> list[dict]:
+    import json
+    return [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]

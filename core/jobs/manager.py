@@ -2,8 +2,13 @@
 
 By default one training job runs per device at a time (one worker thread per device: a CPU job and a
 CUDA job may run side by side, two CUDA jobs on the same GPU wait in turn). Everything a page shows
-goes through the run store, so a page reload or an app restart loses nothing; workers never touch
-the UI.
+about a run goes through the run store, so a page reload or an app restart loses nothing; workers
+never touch the UI.
+
+Student sweeps share the same queue and workers, so a sweep waits for the run on its device and the
+other way round. A sweep is a folder (as with `kdlab sweep`), not a store row: its progress is kept
+here while it runs, and its results are in the folder's sweep.json after every point. One stopped by
+an app restart is resumed by submitting it again into its own folder (see `resume_sweep`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from core.config import RunConfig
 from core.device import resolve_device
 from core.errors import Cancelled, KdlabError
 from core.store import (ACTIVE, FINISHED, RESUMABLE, Heartbeat, RunStore, StoreError, StoreRecorder,
-                        expected_trainings)
+                        expected_trainings, new_run_id)
+from core.sweep_grid import Axis, check_grid, read_sweep_spec, sweep_trainings
 from core.train import CancelToken, Event, EventBus
 
 DEFAULT_MAX_QUEUED = 16
@@ -58,6 +64,51 @@ class Job:
     submitted: float = field(default_factory=time.time)
     finished: threading.Event = field(default_factory=threading.Event)
 
+    @property
+    def key(self) -> str:
+        return self.run_id
+
+
+@dataclass
+class SweepJob:
+    """One queued or running student sweep of this manager, written into the folder `out`."""
+
+    sweep_id: str                     # the folder's name
+    base: RunConfig
+    axes: list[Axis]
+    seeds: int | None
+    out: Path
+    device: str
+    points: int
+    total_trainings: int              # expected: teacher draws + scratch and KD students
+    cancel: CancelToken = field(default_factory=CancelToken)
+    state: str = "queued"             # queued -> running -> finished
+    status: str = "queued"            # queued, running, done, failed, cancelled, interrupted
+    trainings_done: int = 0
+    points_done: int = 0
+    stage: str = "waiting for the device"
+    error: str | None = None
+    submitted: float = field(default_factory=time.time)
+    finished: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def key(self) -> str:
+        return f"sweep:{self.sweep_id}"
+
+    @property
+    def progress(self) -> float:
+        """Finished trainings over expected ones, in [0, 1]; 1 only once the sweep is done."""
+        if self.status == "done":
+            return 1.0
+        return min(self.trainings_done / max(self.total_trainings, 1), 0.99)
+
+    def snapshot(self) -> dict[str, Any]:
+        """A plain-dict view for pages (read without the manager's lock: values only grow)."""
+        return {"id": self.sweep_id, "folder": str(self.out), "status": self.status,
+                "progress": self.progress, "points": self.points, "points_done": self.points_done,
+                "stage": self.stage, "error": self.error, "submitted": self.submitted,
+                "axes": {a.field: list(a.values) for a in self.axes}}
+
 
 class JobManager:
     """Queue experiments, run them in background threads, cancel and resume them; the store records all."""
@@ -68,9 +119,10 @@ class JobManager:
         self.max_queued = max_queued      # waiting jobs (running ones not counted)
         self.per_device = per_device      # jobs running at once on one device
         self._cv = threading.Condition(threading.Lock())
-        self._queue: list[Job] = []       # FIFO
-        self._running: dict[str, Job] = {}
+        self._queue: list[Job | SweepJob] = []   # FIFO
+        self._running: dict[str, Job | SweepJob] = {}  # by job key
         self._jobs: dict[str, Job] = {}
+        self._sweeps: dict[str, SweepJob] = {}
         self._workers: dict[str, list[threading.Thread]] = {}
         self._started = autostart
         self._closed = False
@@ -107,7 +159,7 @@ class JobManager:
         cfg = config_mod.validate(record.config)
         with self._cv:
             self._check_open()
-            if run_id in self._running or any(j.run_id == run_id for j in self._queue):
+            if run_id in self._running or any(isinstance(j, Job) and j.run_id == run_id for j in self._queue):
                 raise JobError(f"run {run_id}", "is already queued or running here", "wait for it")
             self._check_room()
             self.store.requeue(run_id)
@@ -124,10 +176,13 @@ class JobManager:
             raise QueueFull("queue", f"{len(self._queue)} runs are already waiting (at most {self.max_queued})",
                             "wait for one to start, or cancel a queued run")
 
-    def _enqueue(self, job: Job) -> None:
+    def _enqueue(self, job: Job | SweepJob) -> None:
         self._queue.append(job)
-        self._jobs[job.run_id] = job
-        self._heartbeat.add(job.run_id, "queued")
+        if isinstance(job, SweepJob):
+            self._sweeps[job.sweep_id] = job
+        else:
+            self._jobs[job.run_id] = job
+            self._heartbeat.add(job.run_id, "queued")
         if self._started:
             self._ensure_workers(job.device)
         self._cv.notify_all()
@@ -162,18 +217,23 @@ class JobManager:
                     if job is None:
                         self._cv.wait()
                 self._queue.remove(job)
-                self._running[job.run_id] = job
+                self._running[job.key] = job
                 job.state = "running"
-                self._heartbeat.add(job.run_id, "running")
+                if isinstance(job, Job):
+                    self._heartbeat.add(job.run_id, "running")
             try:
-                self._execute(job)
+                if isinstance(job, SweepJob):
+                    self._execute_sweep(job)
+                else:
+                    self._execute(job)
             except BaseException:  # noqa: BLE001 - a worker must survive anything a job does
                 pass
             finally:
                 with self._cv:
-                    self._running.pop(job.run_id, None)
+                    self._running.pop(job.key, None)
                     job.state = "finished"
-                    self._heartbeat.discard(job.run_id)
+                    if isinstance(job, Job):
+                        self._heartbeat.discard(job.run_id)
                     job.finished.set()
                     self._cv.notify_all()
 
@@ -210,6 +270,91 @@ class JobManager:
                 store.finish_run(job.run_id, status, results=results, error=error)
             except StoreError:
                 pass  # the owner's pid is gone when this process ends: the run reads as interrupted
+
+    # -- sweeps ---------------------------------------------------------------------------------
+
+    def submit_sweep(self, base: RunConfig | dict[str, Any], axes: list[Axis], *, seeds: int | None = None,
+                     out: str | Path | None = None) -> str:
+        """Queue a student sweep of `base` over `axes`; returns its id (the folder's name).
+
+        Every grid point is validated first (ConfigError naming the field); `out` defaults to a new
+        `sweep-*` folder in the run store's folder, where `core.sweep.find_sweeps` lists it.
+        """
+        cfg = base if isinstance(base, RunConfig) else config_mod.validate(dict(base))
+        points = check_grid(cfg, axes, seeds)
+        folder = Path(out) if out is not None else self.store.data_dir / f"sweep-{new_run_id(cfg.name)}"
+        with self._cv:
+            self._check_open()
+            if self.sweep_active(folder.name):
+                raise JobError(f"sweep {folder.name}", "is already queued or running here", "wait for it")
+            self._check_room()
+            job = SweepJob(folder.name, cfg, list(axes), seeds, folder, device_key(cfg.device), points,
+                           sweep_trainings(cfg, axes, seeds))
+            self._enqueue(job)
+        return job.sweep_id
+
+    def resume_sweep(self, folder: str | Path) -> str:
+        """Queue a stopped sweep again in its own folder; its finished students are not trained again."""
+        base, axes, seeds = read_sweep_spec(Path(folder))
+        return self.submit_sweep(base, axes, seeds=seeds, out=folder)
+
+    def sweep_active(self, sweep_id: str) -> bool:
+        """Whether a sweep with this id (folder name) is queued or running in this manager."""
+        job = self._sweeps.get(sweep_id)
+        return job is not None and job.state != "finished"
+
+    def sweeps(self) -> list[dict[str, Any]]:
+        """Every sweep this manager was given, newest first, as plain dicts (see SweepJob.snapshot)."""
+        with self._cv:
+            jobs = sorted(self._sweeps.values(), key=lambda j: j.submitted, reverse=True)
+        return [j.snapshot() for j in jobs]
+
+    def cancel_sweep(self, sweep_id: str) -> bool:
+        """Cancel a queued sweep, or stop a running one at its next step; False if it had finished."""
+        with self._cv:
+            job = self._sweeps.get(sweep_id)
+            if job is None:
+                raise JobError(f"sweep {sweep_id}", "is not a sweep of this app", "pick one from the list")
+            if job in self._queue:
+                self._queue.remove(job)
+                job.state, job.status, job.stage = "finished", "cancelled", "cancelled before it started"
+                job.finished.set()
+                self._cv.notify_all()
+                return True
+            if job.state == "running":
+                job.cancel.cancel()
+                return True
+            return False
+
+    def wait_sweep(self, sweep_id: str, timeout: float | None = None) -> str:
+        """Wait until a sweep of this manager has finished; returns its status."""
+        job = self._sweeps[sweep_id]
+        job.finished.wait(timeout)
+        return job.status
+
+    def _execute_sweep(self, job: SweepJob) -> None:
+        from core.sweep import run_sweep  # heavy imports, only where a job runs
+
+        def follow(event: Event) -> None:
+            if event.kind == "done":
+                job.trainings_done += 1
+            elif event.kind == "stage" and event.message:
+                job.stage = event.message
+
+        def on_row(row: dict[str, Any]) -> None:
+            job.points_done += 1
+
+        job.status = "running"
+        try:
+            run_sweep(job.base, job.axes, job.out, job.seeds, EventBus(follow), job.cancel, on_row)
+            job.status, job.stage = "done", f"done: {job.points} point(s)"
+        except Cancelled:
+            job.status = "interrupted" if self._shutting_down else "cancelled"
+            job.stage = "stopped: the app shut down" if self._shutting_down else "cancelled by user"
+        except KdlabError as err:
+            job.status, job.error = "failed", str(err)
+        except Exception as err:  # noqa: BLE001 - shown on the page, and the next job goes on
+            job.status, job.error = "failed", f"{type(err).__name__}: {err}"
 
     # -- control --------------------------------------------------------------------------------
 
@@ -248,12 +393,12 @@ class JobManager:
     def queued(self) -> list[str]:
         """Ids of the waiting runs, in the order they will start."""
         with self._cv:
-            return [j.run_id for j in self._queue]
+            return [j.run_id for j in self._queue if isinstance(j, Job)]
 
     def running(self) -> list[str]:
         """Ids of the runs training now."""
         with self._cv:
-            return list(self._running)
+            return [j.run_id for j in self._running.values() if isinstance(j, Job)]
 
     def shutdown(self, wait: bool = True, timeout: float | None = 30.0) -> None:
         """Stop: waiting runs and running ones (stopped at their next step) become interrupted, resumable."""
@@ -263,11 +408,15 @@ class JobManager:
             self._shutting_down = True
             waiting, self._queue = list(self._queue), []
             for job in self._running.values():
-                job.cancel.cancel()
+                job.cancel.cancel()  # runs and sweeps alike
             running = list(self._running.values())
             self._closed = True
             self._cv.notify_all()
         for job in waiting:
+            if isinstance(job, SweepJob):
+                job.state, job.status = "finished", "interrupted"
+                job.finished.set()
+                continue
             self._heartbeat.discard(job.run_id)
             try:
                 self.store.set_status(job.run_id, "interrupted")

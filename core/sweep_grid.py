@@ -1,0 +1,124 @@
+"""A sweep's grid: its axes, its points as validated configs, and what it will train.
+
+Light on purpose (configs only, no torch): the job manager checks a sweep with it before queueing,
+and pages read it without loading the engine. `core.sweep` trains the grid.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from core import config as config_mod
+from core.config import RunConfig
+from core.errors import ConfigError, OutputError
+
+# Axes a sweep may vary: they change the students only, so the teachers and their cache stay valid.
+SWEEPABLE_PREFIXES = ("distill.", "student.")
+SWEEPABLE_FIELDS = ("ensemble.scheme",)
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One swept field and the values it takes."""
+
+    field: str
+    values: tuple[Any, ...]
+
+
+def parse_axis(text: str) -> Axis:
+    """`distill.temperature=1,2,4` -> Axis; values are YAML scalars, as with `--set`."""
+    if "=" not in text:
+        raise ConfigError("--grid", f"'{text}' is not field=value,value",
+                          "write e.g. --grid distill.temperature=1,2,4")
+    name, values = (part.strip() for part in text.split("=", 1))
+    if not (name.startswith(SWEEPABLE_PREFIXES) or name in SWEEPABLE_FIELDS):
+        raise ConfigError(name, "a sweep varies the students only (distill.*, student.*, ensemble.scheme); "
+                          "other fields would retrain the teachers",
+                          "sweep it with separate `kdlab run`s, or fix it with --set")
+    if name in ("distill.rounds", "student.seeds"):
+        raise ConfigError(name, "cannot be a sweep axis (a trial trains one distillation round per seed)",
+                          "use --seeds for the seeds; compare rounds with `kdlab run`")
+    parsed = tuple(config_mod.parse_value(v.strip()) for v in values.split(",") if v.strip())
+    if not parsed:
+        raise ConfigError(name, "the axis has no values", f"write e.g. --grid {name}=1,2")
+    return Axis(name, parsed)
+
+
+def grid_points(axes: list[Axis]) -> list[dict[str, Any]]:
+    """Every combination of the axes' values, as field -> value dicts (the first axis varies slowest)."""
+    names = [a.field for a in axes]
+    if len(set(names)) != len(names):
+        raise ConfigError("--grid", f"an axis is given twice: {names}", "give each field once")
+    return [dict(zip(names, combo)) for combo in itertools.product(*(a.values for a in axes))]
+
+
+def point_config(base: RunConfig, point: dict[str, Any], seeds: int | None = None) -> RunConfig:
+    """The base config with one grid point (and the sweep's seed count) applied, validated."""
+    raw = copy.deepcopy(base.to_dict())
+    for name, value in point.items():
+        config_mod.set_field(raw, name, value)
+    if seeds is not None:
+        config_mod.set_field(raw, "student.seeds", seeds)
+    problems = config_mod.problems(raw)
+    if problems:
+        name, message = next(iter(problems.items()))
+        raise ConfigError(name, f"{message} (grid point {point_label(point)})", "change the --grid values")
+    return config_mod.validate(raw)
+
+
+def point_label(point: dict[str, Any]) -> str:
+    """`distill.temperature=2 student.lr=0.01`."""
+    return " ".join(f"{k}={v}" for k, v in point.items()) or "(base config)"
+
+
+def check_grid(base: RunConfig, axes: list[Axis], seeds: int | None = None) -> int:
+    """Validate every point of the grid (ConfigError naming the field); returns the number of points."""
+    if not axes:
+        raise ConfigError("--grid", "a sweep needs at least one axis", "add e.g. distill.temperature=1,2,4")
+    for axis in axes:  # the same checks as the CLI's --grid, for axes built in code or on a page
+        parse_axis(f"{axis.field}=1")
+    points = grid_points(axes)
+    for point in points:
+        point_config(base, point, seeds)
+    return len(points)
+
+
+def sweep_trainings(base: RunConfig, axes: list[Axis], seeds: int | None = None) -> int:
+    """Trainings a sweep does from nothing: teacher draws, a KD student per point and seed, and the
+    scratch students, trained once per distinct student setting (and teaching with or without views)."""
+    teachers = sum(t.seeds for t in base.teachers)
+    kd = 0
+    scratch: dict[str, int] = {}
+    for point in grid_points(axes):
+        cfg = point_config(base, point, seeds)
+        kd += cfg.student.seeds
+        key = json.dumps([cfg.student.model_dump(exclude={"seeds"}), cfg.distill.teaching == "views"],
+                         sort_keys=True, default=str)
+        scratch[key] = max(scratch.get(key, 0), cfg.student.seeds)
+    return teachers + kd + sum(scratch.values())
+
+
+def read_sweep_spec(folder: Path) -> tuple[RunConfig, list[Axis], int | None]:
+    """(base config, axes, seeds) of a sweep folder, to run it again where it stopped.
+
+    The seed count is the one its finished points used; None (the base config's) if none finished.
+    """
+    folder = Path(folder)
+    try:
+        base = config_mod.validate(yaml.safe_load((folder / "config.yaml").read_text()))
+        axes_doc = yaml.safe_load((folder / "sweep.yaml").read_text())
+        rows_file = folder / "sweep.json"
+        rows = json.loads(rows_file.read_text())["rows"] if rows_file.is_file() else []
+    except (OSError, ValueError, KeyError, yaml.YAMLError) as err:
+        raise OutputError("sweep folder", f"'{folder}' is not a readable sweep ({type(err).__name__})",
+                          "start a new sweep instead") from None
+    axes = [Axis(name, tuple(values)) for name, values in axes_doc.items()]
+    seeds = max((r["seeds"] for r in rows), default=None)
+    return base, axes, seeds
