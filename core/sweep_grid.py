@@ -22,6 +22,9 @@ from core.errors import ConfigError, OutputError
 # Axes a sweep may vary: they change the students only, so the teachers and their cache stay valid.
 SWEEPABLE_PREFIXES = ("distill.", "student.")
 SWEEPABLE_FIELDS = ("ensemble.scheme",)
+# The axes offered by name on the dashboard (any distill.* or student.* field may be swept).
+COMMON_AXES = ("distill.temperature", "distill.alpha", "distill.loss", "distill.teaching", "student.lr",
+               "student.epochs", "student.width", "student.depth", "student.model", "ensemble.scheme")
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,14 @@ def sweep_trainings(base: RunConfig, axes: list[Axis], seeds: int | None = None)
                          sort_keys=True, default=str)
         scratch[key] = max(scratch.get(key, 0), cfg.student.seeds)
     return teachers + kd + sum(scratch.values())
+
+
+def grid_size(axes: list[Axis]) -> int:
+    """Points in the grid of `axes` (the product of their value counts)."""
+    size = 1
+    for axis in axes:
+        size *= len(axis.values)
+    return size
 
 
 def read_sweep_spec(folder: Path) -> tuple[RunConfig, list[Axis], int | None]:

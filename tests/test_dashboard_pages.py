@@ -108,3 +108,68 @@ def test_a_run_without_results_shows_a_message(finished_run, tmp_path):
     at.run()
     assert not at.exception, at.exception
     assert any("no stored results" in w.value for w in at.warning)
+
+
+SWEEP_TINY = {**TINY, "teachers": [{"model": "test_resnet"}], "train": {"epochs": 1, "batch_size": 32},
+              "student": {"model": "test_byobnet", "width": None, "seeds": 1}}
+
+
+@pytest.fixture(scope="module")
+def launched_sweep():
+    """A two-point sweep launched from the Setup page and trained by the shared JobManager."""
+    at = page("setup")
+    at.session_state["loaded_config"] = SWEEP_TINY
+    at.run()
+    at.selectbox(key="sweep_axis_0").set_value("distill.temperature").run()
+    at.text_input(key="sweep_values_0").set_value("1, 3").run()
+    assert not at.exception, at.exception
+    assert any("2 point(s) x 1 seed(s): 4 trainings" in c.value for c in at.caption)
+    at.button(key="sweep_launch").click().run()
+    assert not at.exception, at.exception
+    folder = Path(at.session_state["sweep_dir"])
+    assert any(folder.name in s.value for s in at.success)
+    from dashboard.state import job_manager
+    assert job_manager().wait_sweep(folder.name, timeout=600) == "done"
+    return folder
+
+
+def test_setup_refuses_a_bad_sweep_axis_by_name():
+    at = page("setup")
+    at.session_state["loaded_config"] = SWEEP_TINY
+    at.run()
+    at.selectbox(key="sweep_axis_0").set_value("distill.alpha").run()
+    at.text_input(key="sweep_values_0").set_value("0.5, 2").run()
+    assert any(e.value.startswith("distill.alpha:") and "grid point" in e.value for e in at.error)
+    at.text_input(key="sweep_values_0").set_value("").run()
+    assert at.button(key="sweep_launch").disabled  # no axis, nothing to launch
+
+
+def test_a_sweep_launched_on_setup_shows_its_points_and_progress_on_compare(launched_sweep):
+    at = page("compare")
+    at.session_state["sweep_dir"] = str(launched_sweep)
+    at.run()
+    assert not at.exception, at.exception
+    bars = [b.proto.text for b in at.get("progress")]
+    assert any(launched_sweep.name in text and "done, 2/2 points" in text for text in bars), bars
+    assert list(at.dataframe[0].value["point"]) == ["distill.temperature=1", "distill.temperature=3"]
+    assert "sweep_resume" not in [b.key for b in at.button]  # nothing left to resume
+
+
+def test_a_stopped_sweep_is_offered_for_resume_and_finishes(launched_sweep, tmp_path):
+    import os
+    import shutil
+    stopped = launched_sweep.parent / "sweep-stopped"
+    shutil.copytree(launched_sweep, stopped)
+    saved = json.loads((stopped / "sweep.json").read_text())
+    (stopped / "sweep.json").write_text(json.dumps({**saved, "rows": saved["rows"][:1], "best": 0}))
+    os.utime(stopped / "events.jsonl", (0, 0))  # last written long ago: nobody is training it
+    at = page("compare")
+    at.session_state["sweep_dir"] = str(stopped)
+    at.run()
+    assert any("1 of 2 points are done" in w.value for w in at.warning)
+    at.button(key="sweep_resume").click().run()
+    assert not at.exception, at.exception
+    from dashboard.state import job_manager
+    assert job_manager().wait_sweep(stopped.name, timeout=600) == "done"
+    rows = json.loads((stopped / "sweep.json").read_text())["rows"]
+    assert [r["point"] for r in rows] == ["distill.temperature=1", "distill.temperature=3"]

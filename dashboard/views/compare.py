@@ -10,38 +10,56 @@ import streamlit as st
 
 from core.errors import KdlabError
 from core.sweep import find_sweeps, load_sweep, point_raw_config
-from dashboard import figures
-from dashboard.state import run_store
+from dashboard import figures, sweeps
+from dashboard.state import job_manager, run_store
 
 st.title("Compare")
 
 
 def sweep_section() -> None:
-    """A `kdlab sweep` folder: its points charted and tabled; any point loads into Setup."""
+    """A sweep folder (from the Setup page or `kdlab sweep`): its points charted and tabled, live while
+    it trains; any point loads into Setup."""
     found = [str(p) for p in find_sweeps(run_store().data_dir)]
-    with st.expander("Student sweeps (`kdlab sweep`)", expanded=bool(found or st.session_state.get("sweep_dir"))):
+    with st.expander("Student sweeps", expanded=bool(found or st.session_state.get("sweep_dir"))):
+        sweeps.progress_panel()
         if found:
             st.selectbox("Sweeps in the run store's folder, newest first", ["", *found], key="sweep_found",
                          on_change=lambda: st.session_state.update(sweep_dir=st.session_state["sweep_found"]))
         folder = st.text_input("Sweep folder", key="sweep_dir", placeholder="kdlab-runs/sweep-...")
-        if not folder:
-            return
-        try:
-            sweep = load_sweep(Path(folder))
-        except KdlabError as err:
+        if folder:
+            sweep_view(Path(folder))
+
+
+def sweep_view(folder: Path) -> None:
+    """One sweep; redrawn every few seconds while a job of this app trains it."""
+    if job_manager().sweep_active(folder.name):
+        st.fragment(run_every=sweeps.REFRESH_SECONDS)(sweep_points)(folder)
+    else:
+        sweep_points(folder)
+
+
+def sweep_points(folder: Path) -> None:
+    """A sweep's chart, table and 'Load point into Setup' (or why there is nothing to show yet)."""
+    try:
+        sweep = load_sweep(folder)
+    except KdlabError as err:
+        if job_manager().sweep_active(folder.name):
+            st.info("The sweep is training its teachers; its points appear here as they finish.")
+        else:
             st.error(str(err))
-            return
-        rows, best = sweep["rows"], sweep["best"]
-        st.plotly_chart(figures.sweep_chart(rows, best, sweep["axes"]), key="sweep_chart")
-        table = pd.DataFrame(rows)[["point", "kd_val_acc", "kd_test_acc_mean", "kd_test_acc_std",
-                                    "scratch_test_acc_mean", "paired_gain_mean", "gain_recovery", "seeds"]]
-        st.dataframe(table, hide_index=True, width="stretch", key="sweep_table")
-        labels = [r["point"] for r in rows]
-        pick = st.selectbox("Point", labels, index=best or 0, key="sweep_point",
-                            help="Preselected: the best by KD val accuracy.")
-        if st.button("Load point into Setup", key="sweep_load"):
-            st.session_state["loaded_config"] = point_raw_config(sweep, labels.index(pick))
-            st.switch_page("views/setup.py")
+        return
+    sweeps.resume_offer(folder, sweep)
+    rows, best = sweep["rows"], sweep["best"]
+    st.plotly_chart(figures.sweep_chart(rows, best, sweep["axes"]), key="sweep_chart")
+    table = pd.DataFrame(rows)[["point", "kd_val_acc", "kd_test_acc_mean", "kd_test_acc_std",
+                                "scratch_test_acc_mean", "paired_gain_mean", "gain_recovery", "seeds"]]
+    st.dataframe(table, hide_index=True, width="stretch", key="sweep_table")
+    labels = [r["point"] for r in rows]
+    pick = st.selectbox("Point", labels, index=best or 0, key="sweep_point",
+                        help="Preselected: the best by KD val accuracy.")
+    if st.button("Load point into Setup", key="sweep_load"):
+        st.session_state["loaded_config"] = point_raw_config(sweep, labels.index(pick))
+        st.switch_page("views/setup.py")
 
 
 sweep_section()

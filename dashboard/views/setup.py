@@ -13,7 +13,7 @@ from core.distill import kd_loss_doc, list_kd_losses
 from core.ensemble import combiner_doc, list_combiners
 from core.errors import KdlabError
 from core.models import list_models, pretrained_status
-from dashboard import figures
+from dashboard import figures, sweeps
 from dashboard.state import data_preview, job_manager, student_card, teacher_cards
 
 st.title("kdlab")
@@ -171,6 +171,7 @@ with right:
             st.success(f"queued {run_id}: follow it on the Runs page")
         except KdlabError as err:
             st.error(str(err))
+    sweeps.launcher(cfg)
     with st.expander("Run it headless"):
         st.code(f"kdlab run --preset {preset_name}", language="bash")
         if cfg is not None:
