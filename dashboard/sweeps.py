@@ -37,8 +37,8 @@ def launcher(cfg: RunConfig | None) -> None:
             values = right.text_input(f"Values of axis {i + 1}", key=f"sweep_values_{i}",
                                       placeholder="e.g. 1, 2, 4", disabled=not name)
             rows.append((name, values))
-        seeds = st.number_input("Student seeds per point", 1, 20, cfg.student.seeds if cfg else 3,
-                                key="sweep_seeds")
+        seeds = st.columns([1, 3])[0].number_input("Student seeds per point", 1, 20,
+                                                   cfg.student.seeds if cfg else 3, key="sweep_seeds")
         try:
             axes = axes_from_form(rows)
         except KdlabError as err:
@@ -69,8 +69,8 @@ def progress_panel() -> None:
     """The sweeps launched from this app: progress, stage, errors, and Cancel for active ones."""
     manager = job_manager()
     for job in manager.sweeps()[:5]:
-        st.progress(job["progress"], text=f"{job['id']}: {job['status']}, {job['points_done']}/{job['points']} "
-                    f"points. {job['stage']}")
+        text = f"{job['id']}: {job['status']}, {job['points_done']}/{job['points']} points"
+        st.progress(job["progress"], text=text if job["status"] == "done" else f"{text}. {job['stage']}")
         if job["error"]:
             st.error(job["error"])
         if job["status"] in ("queued", "running") and st.button("Cancel", key=f"sweep_cancel_{job['id']}"):

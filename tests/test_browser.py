@@ -1,8 +1,8 @@
 """End to end in a real browser: `streamlit run` on a free port, driven by Playwright in Chromium.
 
 Launches a small digits run from Setup, watches Runs update live, opens Trade-off and Diagnostics and
-sees their charts, loads a config into Setup from Compare, and times page interactions while a job
-trains (responsiveness goal: under 1 s). Screenshots go to test-artifacts/.
+sees their charts, loads a config into Setup from Compare, launches a sweep from Setup and watches it
+finish on Compare, and times page interactions while a job trains (responsiveness goal: under 1 s). Screenshots go to test-artifacts/.
 
 Needs Chromium at /usr/bin/chromium (or $KDLAB_CHROMIUM): `apt-get install -y chromium`. Without it
 these tests are skipped with that instruction, unless KDLAB_REQUIRE_BROWSER=1 (CI) makes it a failure.
@@ -107,6 +107,23 @@ def _settled(page, timeout_s: float = 60) -> None:
         time.sleep(0.2)
 
 
+def _choose(page, label: str, option: str, tries: int = 3) -> None:
+    """Pick `option` in the select box `label` (a click may land while the page is still rerunning)."""
+    for attempt in range(tries):
+        page.get_by_label(label, exact=True).click()
+        choice = page.locator("[role='option']").filter(has_text=option).first
+        try:
+            choice.wait_for(timeout=5_000)
+        except sync_api.TimeoutError:
+            if attempt == tries - 1:
+                raise
+            page.keyboard.press("Escape")
+            continue
+        choice.click()
+        _settled(page)
+        return
+
+
 def test_launch_from_setup_and_watch_it_live(server, page):
     _goto(page, server)
     page.get_by_text("Preset").first.wait_for()
@@ -160,6 +177,38 @@ def test_compare_loads_a_config_into_setup(server, page):
     page.get_by_role("tab", name="Student & training").click()
     assert page.get_by_label("Epochs", exact=True).input_value() == "2"
     page.screenshot(path=str(ARTIFACTS / "compare-loaded.png"), full_page=True)
+
+
+def test_a_sweep_launched_from_setup_charts_on_compare(server, page):
+    _goto(page, server)
+    page.get_by_role("tab", name="Student & training").click()
+    epochs = page.get_by_label("Epochs", exact=True)  # a short sweep: 2 epochs for teachers and students
+    epochs.fill("2")
+    epochs.press("Enter")
+    _settled(page)
+    page.get_by_text("Sweep student settings").click()
+    _settled(page)
+    _choose(page, "Axis 1", "distill.temperature")
+    values = page.get_by_label("Values of axis 1")
+    values.fill("1, 4")
+    values.press("Enter")
+    _settled(page)
+    seeds = page.get_by_label("Student seeds per point")
+    seeds.fill("1")
+    seeds.press("Enter")
+    _settled(page)
+    page.get_by_text("2 point(s) x 1 seed(s)").wait_for()
+    page.get_by_role("button", name="Launch sweep").click()
+    page.get_by_text("follow it on the Compare page").wait_for()
+
+    page.get_by_role("link", name="Compare").click()
+    page.get_by_text("Student sweeps").first.wait_for()
+    # Live: the sweep's progress bar reaches its end and its chart appears without a click.
+    page.get_by_text("done, 2/2 points").wait_for(timeout=240_000)
+    page.wait_for_selector(".js-plotly-plot", timeout=30_000)
+    table = page.locator("[data-testid='stDataFrame']").filter(has_text="distill.temperature=4")
+    table.wait_for(state="attached", timeout=30_000)  # the table's next refresh has both points
+    page.screenshot(path=str(ARTIFACTS / "sweep-dashboard.png"), full_page=True)
 
 
 def test_pages_answer_within_a_second_while_a_job_trains(server, page):

@@ -171,8 +171,9 @@ with right:
             st.success(f"queued {run_id}: follow it on the Runs page")
         except KdlabError as err:
             st.error(str(err))
-    sweeps.launcher(cfg)
     with st.expander("Run it headless"):
         st.code(f"kdlab run --preset {preset_name}", language="bash")
         if cfg is not None:
             st.code(cfg.to_yaml(), language="yaml")
+
+sweeps.launcher(cfg)  # full width: axis names and values need the room
