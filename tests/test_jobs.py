@@ -262,3 +262,16 @@ def test_a_cancelled_sweep_resumes_in_its_folder_without_retraining(manager, tmp
 def sweep_events(folder) -> list[dict]:
     import json
     return [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+
+
+def test_shutdown_leaves_running_and_waiting_sweeps_interrupted(tmp_path):
+    from core.sweep import parse_axis
+    jobs = JobManager(RunStore(tmp_path))
+    axes = [parse_axis("distill.temperature=1,2")]
+    running = jobs.submit_sweep(tiny("student.epochs=50"), axes, seeds=1)
+    waiting = jobs.submit_sweep(tiny(), axes, seeds=1, out=tmp_path / "sweep-second")
+    _wait_for(lambda: jobs._sweeps[running].trainings_done >= 1)  # past its teacher
+    jobs.shutdown(timeout=60)
+    statuses = {s["id"]: s["status"] for s in jobs.sweeps()}
+    assert statuses == {running: "interrupted", waiting: "interrupted"}
+    assert jobs._sweeps[running].stage == "stopped: the app shut down"
