@@ -111,6 +111,7 @@ def _choose(page, label: str, option: str, tries: int = 3) -> None:
     """Pick `option` in the select box `label` (a click may land while the page is still rerunning)."""
     for attempt in range(tries):
         page.get_by_label(label, exact=True).click()
+        page.keyboard.type(option)  # filters the list, which shows only its first few options
         choice = page.locator("[role='option']").filter(has_text=option).first
         try:
             choice.wait_for(timeout=5_000)
