@@ -173,3 +173,19 @@ def test_a_stopped_sweep_is_offered_for_resume_and_finishes(launched_sweep, tmp_
     assert job_manager().wait_sweep(stopped.name, timeout=600) == "done"
     rows = json.loads((stopped / "sweep.json").read_text())["rows"]
     assert [r["point"] for r in rows] == ["distill.temperature=1", "distill.temperature=3"]
+
+
+def test_runs_page_says_when_a_sweep_holds_the_queue():
+    from core.sweep import parse_axis
+    from dashboard.state import job_manager
+    manager = job_manager()
+    cfg = config.validate({**SWEEP_TINY, "student": {**SWEEP_TINY["student"], "epochs": 30}})
+    sweep_id = manager.submit_sweep(cfg, [parse_axis("distill.temperature=2")], seeds=1)
+    try:
+        at = page("runs")
+        at.run()
+        assert not at.exception, at.exception
+        assert any(sweep_id in i.value and "Compare page" in i.value for i in at.info), [i.value for i in at.info]
+    finally:
+        manager.cancel_sweep(sweep_id)
+        manager.wait_sweep(sweep_id, timeout=120)

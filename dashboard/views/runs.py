@@ -26,6 +26,10 @@ def _eta(seconds: float | None) -> str:
 @st.fragment(run_every=REFRESH_SECONDS)
 def run_table() -> None:
     """Queue and history; refreshed on its own so the rest of the page stays usable."""
+    active = [s for s in manager.sweeps() if s["status"] in ("queued", "running")]
+    if active:  # a run waiting behind a sweep should say why
+        listed = "; ".join(f"{s['id']} {s['status']} ({s['points_done']}/{s['points']} points)" for s in active)
+        st.info(f"Sweeps share this queue: {listed}. Follow them on the Compare page.")
     runs = store.list_runs()
     if runs.empty:
         st.info("No runs yet: set one up on the Setup page and press Launch.")
