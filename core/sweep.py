@@ -38,7 +38,8 @@ from core.pipeline import (FALLBACK_SCHEME, JsonlWriter, config_fingerprint, ens
                            teacher_stage, teaching_stage)
 from core.students import Teaching, student_spec, train_student
 from core.sweep_grid import (SWEEPABLE_FIELDS, SWEEPABLE_PREFIXES, Axis, check_grid, grid_points,  # noqa: F401
-                             parse_axis, point_config, point_label, read_sweep_spec, sweep_trainings)
+                             parse_axis, point_config, point_label, read_sweep_spec, scratch_setting,
+                             sweep_trainings)
 from core.train import CancelToken, Event, EventBus
 
 ROW_COLUMNS = ("point", "kd_val_acc", "kd_val_nll", "kd_test_acc_mean", "kd_test_acc_std", "kd_test_nll_mean",
@@ -60,9 +61,8 @@ class SweepResult:
 
 
 def _scratch_key(cfg: RunConfig, with_views: bool) -> str:
-    """What a scratch student depends on: its own settings, and whether it is shown named views."""
-    student = cfg.student.model_dump(exclude={"seeds"})
-    return config_fingerprint(student, with_views, cfg.train.model_dump(), cfg.data.model_dump(), cfg.seed)
+    """The scratch students' folder name: a fingerprint of their setting (see scratch_setting)."""
+    return config_fingerprint(*scratch_setting(cfg, with_views))
 
 
 def _write_rows(rows: list[dict[str, Any]], best: int | None, out: Path, axes: list[str],
@@ -140,7 +140,8 @@ def _sweep(prep, points, configs, axes, out, events, cancel, on_row) -> SweepRes
     _, combined = ensemble_stage(prep, trained.stack(), events)
     target_accs = {name: probs_metrics(c.probs["test"], prep.data.test.y)["acc"] for name, c in combined.items()}
     scratch: dict[str, list[dict[str, Any]]] = {}
-    teachings: dict[tuple[str, str, int], Teaching] = {}  # points with the same target share it (the view cache is read once)
+    # Points with the same target share it, so the view cache is read once.
+    teachings: dict[tuple[str, str, int], Teaching] = {}
     rows: list[dict[str, Any]] = []
     names = [a.field for a in axes]
     best = None

@@ -35,12 +35,8 @@ class Axis:
     values: tuple[Any, ...]
 
 
-def parse_axis(text: str) -> Axis:
-    """`distill.temperature=1,2,4` -> Axis; values are YAML scalars, as with `--set`."""
-    if "=" not in text:
-        raise ConfigError("--grid", f"'{text}' is not field=value,value",
-                          "write e.g. --grid distill.temperature=1,2,4")
-    name, values = (part.strip() for part in text.split("=", 1))
+def check_axis_field(name: str) -> None:
+    """Refuse, naming the field, what a sweep cannot vary (it would retrain the teachers, or is the seeds)."""
     if not (name.startswith(SWEEPABLE_PREFIXES) or name in SWEEPABLE_FIELDS):
         raise ConfigError(name, "a sweep varies the students only (distill.*, student.*, ensemble.scheme); "
                           "other fields would retrain the teachers",
@@ -48,6 +44,15 @@ def parse_axis(text: str) -> Axis:
     if name in ("distill.rounds", "student.seeds"):
         raise ConfigError(name, "cannot be a sweep axis (a trial trains one distillation round per seed)",
                           "use --seeds for the seeds; compare rounds with `kdlab run`")
+
+
+def parse_axis(text: str) -> Axis:
+    """`distill.temperature=1,2,4` -> Axis; values are YAML scalars, as with `--set`."""
+    if "=" not in text:
+        raise ConfigError("--grid", f"'{text}' is not field=value,value",
+                          "write e.g. --grid distill.temperature=1,2,4")
+    name, values = (part.strip() for part in text.split("=", 1))
+    check_axis_field(name)
     parsed = tuple(config_mod.parse_value(v.strip()) for v in values.split(",") if v.strip())
     if not parsed:
         raise ConfigError(name, "the axis has no values", f"write e.g. --grid {name}=1,2")
@@ -85,12 +90,21 @@ def check_grid(base: RunConfig, axes: list[Axis], seeds: int | None = None) -> i
     """Validate every point of the grid (ConfigError naming the field); returns the number of points."""
     if not axes:
         raise ConfigError("--grid", "a sweep needs at least one axis", "add e.g. distill.temperature=1,2,4")
-    for axis in axes:  # the same checks as the CLI's --grid, for axes built in code or on a page
-        parse_axis(f"{axis.field}=1")
+    for axis in axes:  # the CLI's --grid checks, for axes built in code or read from a folder
+        check_axis_field(axis.field)
     points = grid_points(axes)
     for point in points:
         point_config(base, point, seeds)
     return len(points)
+
+
+def scratch_setting(cfg: RunConfig, with_views: bool) -> tuple[Any, ...]:
+    """What a scratch student depends on: its own settings, and whether it is shown named views.
+
+    Points that agree on it share their scratch students.
+    """
+    return (cfg.student.model_dump(exclude={"seeds"}), with_views, cfg.train.model_dump(), cfg.data.model_dump(),
+            cfg.seed)
 
 
 def sweep_trainings(base: RunConfig, axes: list[Axis], seeds: int | None = None) -> int:
@@ -102,18 +116,9 @@ def sweep_trainings(base: RunConfig, axes: list[Axis], seeds: int | None = None)
     for point in grid_points(axes):
         cfg = point_config(base, point, seeds)
         kd += cfg.student.seeds
-        key = json.dumps([cfg.student.model_dump(exclude={"seeds"}), cfg.distill.teaching == "views"],
-                         sort_keys=True, default=str)
+        key = json.dumps(scratch_setting(cfg, cfg.distill.teaching == "views"), sort_keys=True, default=str)
         scratch[key] = max(scratch.get(key, 0), cfg.student.seeds)
     return teachers + kd + sum(scratch.values())
-
-
-def grid_size(axes: list[Axis]) -> int:
-    """Points in the grid of `axes` (the product of their value counts)."""
-    size = 1
-    for axis in axes:
-        size *= len(axis.values)
-    return size
 
 
 def read_sweep_spec(folder: Path) -> tuple[RunConfig, list[Axis], int | None]:

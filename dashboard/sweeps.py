@@ -11,7 +11,8 @@ import streamlit as st
 
 from core.config import RunConfig
 from core.errors import KdlabError
-from core.sweep_grid import COMMON_AXES, grid_size, parse_axis, read_sweep_spec, sweep_trainings
+from core.store import ACTIVE
+from core.sweep_grid import COMMON_AXES, grid_points, parse_axis, read_sweep_spec, sweep_trainings
 from dashboard.state import job_manager
 
 REFRESH_SECONDS = 2.0  # the progress panel polls the job manager this often
@@ -50,7 +51,7 @@ def launcher(cfg: RunConfig | None) -> None:
             except KdlabError as err:
                 st.error(str(err))
                 return
-            st.caption(f"{grid_size(axes)} point(s) x {seeds} seed(s): {total} trainings, teachers included.")
+            st.caption(f"{len(grid_points(axes))} point(s) x {seeds} seed(s): {total} trainings, teachers included.")
             grid = " ".join(f"--grid {a.field}={','.join(str(v) for v in a.values)}" for a in axes)
             st.caption("The same sweep headless, with the YAML under 'Run it headless' saved as config.yaml:")
             st.code(f"kdlab sweep config.yaml {grid} --seeds {seeds}", language="bash")
@@ -73,7 +74,7 @@ def progress_panel() -> None:
         st.progress(job["progress"], text=text if job["status"] == "done" else f"{text}. {job['stage']}")
         if job["error"]:
             st.error(job["error"])
-        if job["status"] in ("queued", "running") and st.button("Cancel", key=f"sweep_cancel_{job['id']}"):
+        if job["status"] in ACTIVE and st.button("Cancel", key=f"sweep_cancel_{job['id']}"):
             manager.cancel_sweep(job["id"])
 
 
@@ -87,7 +88,7 @@ def resume_offer(folder: Path, sweep: dict[str, Any]) -> None:
     except KdlabError as err:
         st.warning(str(err))
         return
-    points = grid_size(axes)
+    points = len(grid_points(axes))
     events = folder / "events.jsonl"
     age = time.time() - events.stat().st_mtime if events.is_file() else float("inf")
     if len(sweep["rows"]) < points and age < BUSY_SECONDS:

@@ -114,14 +114,20 @@ SWEEP_TINY = {**TINY, "teachers": [{"model": "test_resnet"}], "train": {"epochs"
               "student": {"model": "test_byobnet", "width": None, "seeds": 1}}
 
 
-@pytest.fixture(scope="module")
-def launched_sweep():
-    """A two-point sweep launched from the Setup page and trained by the shared JobManager."""
+def sweep_form(axis: str, values: str) -> AppTest:
+    """The Setup page on SWEEP_TINY with the sweep form's first axis filled in."""
     at = page("setup")
     at.session_state["loaded_config"] = SWEEP_TINY
     at.run()
-    at.selectbox(key="sweep_axis_0").set_value("distill.temperature").run()
-    at.text_input(key="sweep_values_0").set_value("1, 3").run()
+    at.selectbox(key="sweep_axis_0").set_value(axis).run()
+    at.text_input(key="sweep_values_0").set_value(values).run()
+    return at
+
+
+@pytest.fixture(scope="module")
+def launched_sweep():
+    """A two-point sweep launched from the Setup page and trained by the shared JobManager."""
+    at = sweep_form("distill.temperature", "1, 3")
     assert not at.exception, at.exception
     assert any("2 point(s) x 1 seed(s): 4 trainings" in c.value for c in at.caption)
     at.button(key="sweep_launch").click().run()
@@ -134,11 +140,7 @@ def launched_sweep():
 
 
 def test_setup_refuses_a_bad_sweep_axis_by_name():
-    at = page("setup")
-    at.session_state["loaded_config"] = SWEEP_TINY
-    at.run()
-    at.selectbox(key="sweep_axis_0").set_value("distill.alpha").run()
-    at.text_input(key="sweep_values_0").set_value("0.5, 2").run()
+    at = sweep_form("distill.alpha", "0.5, 2")
     assert any(e.value.startswith("distill.alpha:") and "grid point" in e.value for e in at.error)
     at.text_input(key="sweep_values_0").set_value("").run()
     assert at.button(key="sweep_launch").disabled  # no axis, nothing to launch

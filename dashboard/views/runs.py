@@ -7,6 +7,7 @@ import time
 import streamlit as st
 
 from core.errors import KdlabError
+from core.store import ACTIVE
 from dashboard import figures
 from dashboard.state import job_manager, run_store
 
@@ -26,7 +27,7 @@ def _eta(seconds: float | None) -> str:
 @st.fragment(run_every=REFRESH_SECONDS)
 def run_table() -> None:
     """Queue and history; refreshed on its own so the rest of the page stays usable."""
-    active = [s for s in manager.sweeps() if s["status"] in ("queued", "running")]
+    active = [s for s in manager.sweeps() if s["status"] in ACTIVE]
     if active:  # a run waiting behind a sweep should say why
         listed = "; ".join(f"{s['id']} {s['status']} ({s['points_done']}/{s['points']} points)" for s in active)
         st.info(f"Sweeps share this queue: {listed}. Follow them on the Compare page.")
