@@ -248,10 +248,10 @@ def sweep(config_file: str | None, preset_name: str | None, overrides: tuple[str
     cancel = CancelToken()
     events = EventBus(ProgressBars(enabled=not quiet))
 
-    def on_row(row: dict) -> None:
-        val = "" if row["kd_val_acc"] is None else f" (val {row['kd_val_acc']:.4f})"
-        click.echo(f"done: {row['point']}: KD {row['kd_test_acc_mean']:.4f} vs scratch "
-                   f"{row['scratch_test_acc_mean']:.4f}{val}", err=True)
+    def on_row(row) -> None:  # a core.results.sweep.SweepRow
+        val = "" if row.kd_val_acc is None else f" (val {row.kd_val_acc:.4f})"
+        click.echo(f"done: {row.point}: KD {row.kd_test_acc_mean:.4f} vs scratch "
+                   f"{row.scratch_test_acc_mean:.4f}{val}", err=True)
 
     def print_warning(event) -> None:
         if event.kind == "info" and event.message.startswith("warning: "):
@@ -269,9 +269,9 @@ def sweep(config_file: str | None, preset_name: str | None, overrides: tuple[str
     click.echo(format_sweep(result))
     if result.best is not None:
         best = result.rows[result.best]
-        sets = " ".join(f"--set {name}={best[name]}" for name in result.axes)
-        click.echo(f"\n* best by KD val accuracy: {best['point']} (test {best['kd_test_acc_mean']:.4f} +- "
-                   f"{best['kd_test_acc_std']:.4f}); train it: kdlab run ... {sets}")
+        sets = " ".join(f"--set {name}={best.value(name)}" for name in result.axes)
+        click.echo(f"\n* best by KD val accuracy: {best.point} (test {best.kd_test_acc_mean:.4f} +- "
+                   f"{best.kd_test_acc_std:.4f}); train it: kdlab run ... {sets}")
     click.echo(f"results: {Path(out) / 'sweep.csv'}")
 
 

@@ -2,29 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from typing import Any
+from typing import Any, Sequence
 
 from core.bench import Cost
 from core.evaluate import mean_std
+from core.results import ComparisonRow, EnsembleEntry, TestScores
 
-COLUMNS = ("method", "kind", "test_acc_mean", "test_acc_std", "test_nll_mean", "test_nll_std",
-           "test_ece", "seeds", "params", "flops", "latency_ms", "throughput", "peak_memory_mb",
-           "train_seconds")
+# The comparison table's columns, in order (the fields of core.results.ComparisonRow).
+COLUMNS = tuple(ComparisonRow.model_fields)
 
 
-def row(method: str, kind: str, entries: list[dict[str, Any]], cost: Cost,
-        train_seconds: float) -> dict[str, Any]:
-    """A comparison row from per-seed entries (each with test_acc, test_nll, test_ece) and a cost."""
-    acc = mean_std([e["test_acc"] for e in entries])
-    nll = mean_std([e["test_nll"] for e in entries])
-    ece = mean_std([e["test_ece"] for e in entries])
-    c = asdict(cost)
-    return {"method": method, "kind": kind, "test_acc_mean": acc["mean"], "test_acc_std": acc["std"],
-            "test_nll_mean": nll["mean"], "test_nll_std": nll["std"], "test_ece": ece["mean"],
-            "seeds": len(entries), "params": c["params"], "flops": c["flops"],
-            "latency_ms": c["latency_ms"], "throughput": c["throughput"],
-            "peak_memory_mb": c["peak_memory_mb"], "train_seconds": train_seconds}
+def row(method: str, kind: str, entries: Sequence[TestScores | EnsembleEntry], cost: Cost,
+        train_seconds: float) -> ComparisonRow:
+    """A comparison row from per-seed entries (each with test_acc, test_nll, test_ece) and a measured cost."""
+    acc = mean_std([e.test_acc for e in entries])
+    nll = mean_std([e.test_nll for e in entries])
+    ece = mean_std([e.test_ece for e in entries])
+    return ComparisonRow(method=method, kind=kind, test_acc_mean=acc["mean"], test_acc_std=acc["std"],
+                         test_nll_mean=nll["mean"], test_nll_std=nll["std"], test_ece=ece["mean"],
+                         seeds=len(entries), params=cost.params, flops=cost.flops, latency_ms=cost.latency_ms,
+                         throughput=cost.throughput, peak_memory_mb=cost.peak_memory_mb,
+                         train_seconds=train_seconds)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -19,6 +19,7 @@ from core.data.views import ViewGrid
 from core.distill.task import DistillationTask, LiveDistillationTask
 from core.evaluate import logits_metrics
 from core.models import ModelSpec, build_model
+from core.results import StudentEntry, TeachingInfo, ViewsInfo
 from core.train import CancelToken, ClassificationTask, EventBus, fit, predict_logits
 from core.train.checkpoint import save_weights
 
@@ -34,7 +35,7 @@ def student_spec(cfg: RunConfig) -> ModelSpec:
 class StudentRun:
     """One trained student: its results entry and the model (for cost measurement)."""
 
-    entry: dict[str, Any]
+    entry: StudentEntry
     model: nn.Module
     test_logits: torch.Tensor
 
@@ -64,14 +65,11 @@ class Teaching:
             return LiveDistillationTask(self.teachers, self.predict, d.temperature, d.alpha, d.loss, weights)
         return DistillationTask(self.target, d.temperature, d.alpha, d.loss, weights, views=self.views)
 
-    def describe(self) -> dict[str, Any]:
-        """Plain-dict summary for results.json."""
-        out: dict[str, Any] = {"mode": self.mode, "seconds": self.seconds}
-        if self.views is not None:
-            out["views"] = self.views.describe()
-        if self.mode == "live":
-            out["teachers"] = len(self.teachers)
-        return out
+    def describe(self) -> TeachingInfo:
+        """The results entry: mode, preparation seconds, view grid or live teacher count."""
+        return TeachingInfo(mode=self.mode, seconds=self.seconds,
+                            views=None if self.views is None else ViewsInfo(**self.views.describe()),
+                            teachers=len(self.teachers) if self.mode == "live" else None)
 
 
 def train_student(cfg: RunConfig, data, kind: str, seed_index: int, out: Path, events: EventBus,
@@ -92,11 +90,11 @@ def train_student(cfg: RunConfig, data, kind: str, seed_index: int, out: Path, e
     logits, y = predict_logits(model, data.batches("test", 1024, shuffle=False, augment=False),
                                data.device, precision_for(data.device))
     test = logits_metrics(logits, y)
-    entry = {"kind": kind, "round": round_index if kind == "kd" else None, "seed": seed_index,
-             "test_acc": test["acc"], "test_nll": test["nll"], "test_ece": test["ece"],
-             "val_acc": result.best_val.get("val/acc"), "val_nll": result.best_val.get("val/loss"),
-             "train_seconds": result.seconds, "best_epoch": result.best_epoch,
-             "history": result.history, "weights": str((folder / "model.safetensors").relative_to(out))}
+    entry = StudentEntry(kind=kind, round=round_index if kind == "kd" else None, seed=seed_index,
+                         test_acc=test["acc"], test_nll=test["nll"], test_ece=test["ece"],
+                         val_acc=result.best_val.get("val/acc"), val_nll=result.best_val.get("val/loss"),
+                         train_seconds=result.seconds, best_epoch=result.best_epoch, history=result.history,
+                         weights=str((folder / "model.safetensors").relative_to(out)))
     return StudentRun(entry, model, logits)
 
 

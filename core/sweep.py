@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import csv
 import io
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -34,18 +33,18 @@ from core.evaluate import gain_recovery_over_seeds, mean_std, probs_metrics
 from core.distill import kd_loss_doc
 from core.ensemble import fits_on_val
 from core.models import model_card
-from core.pipeline import (FALLBACK_SCHEME, JsonlWriter, config_fingerprint, ensemble_stage, prepare,
-                           teacher_stage, teaching_stage)
+from core.pipeline import FALLBACK_SCHEME, JsonlWriter
+from core.prepare import config_fingerprint, prepare
+from core.results import StudentEntry, TeacherEntry
+from core.results.sweep import SCORE_COLUMNS, SweepFile, SweepRow, read_sweep_file
+from core.stages import ensemble_stage, teacher_stage, teaching_stage
 from core.students import Teaching, student_spec, train_student
 from core.sweep_grid import (SWEEPABLE_FIELDS, SWEEPABLE_PREFIXES, Axis, check_grid, grid_points,  # noqa: F401
                              parse_axis, point_config, point_label, read_sweep_spec, scratch_setting,
                              sweep_trainings)
 from core.train import CancelToken, Event, EventBus
 
-ROW_COLUMNS = ("point", "kd_val_acc", "kd_val_nll", "kd_test_acc_mean", "kd_test_acc_std", "kd_test_nll_mean",
-               "scratch_test_acc_mean", "scratch_test_acc_std", "paired_gain_mean", "paired_gain_std",
-               "ensemble_test_acc", "gain_recovery", "gain_recovery_per_seed_mean",
-               "gain_recovery_per_seed_std", "seeds", "kd_train_seconds")
+ROW_COLUMNS = SCORE_COLUMNS  # sweep.csv's score columns, after the axes
 
 
 @dataclass
@@ -53,9 +52,9 @@ class SweepResult:
     """Rows (one per point, ROW_COLUMNS plus the point's fields) and the index of the val-best row."""
 
     axes: list[str]
-    rows: list[dict[str, Any]]
+    rows: list[SweepRow]
     best: int | None
-    teachers: list[dict[str, Any]]
+    teachers: list[TeacherEntry]
     target_accs: dict[str, float]
     warnings: list[str]
 
@@ -65,34 +64,35 @@ def _scratch_key(cfg: RunConfig, with_views: bool) -> str:
     return config_fingerprint(*scratch_setting(cfg, with_views))
 
 
-def _write_rows(rows: list[dict[str, Any]], best: int | None, out: Path, axes: list[str],
+def _write_rows(rows: list[SweepRow], best: int | None, out: Path, axes: list[str],
                 warnings: list[str]) -> None:
     fields = [*axes, *ROW_COLUMNS, "best"]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     for i, r in enumerate(rows):
-        writer.writerow({**r, "best": i == best})
+        writer.writerow({**r.to_json(), "best": i == best})
     write_text(buf.getvalue(), out / "sweep.csv")
-    write_json({"axes": axes, "best": best, "rows": rows, "warnings": warnings}, out / "sweep.json", indent=2)
+    sweep = SweepFile(axes=axes, best=best, rows=rows, warnings=warnings)
+    write_json(sweep.to_json(), out / "sweep.json", indent=2)
 
 
-def best_row(rows: list[dict[str, Any]]) -> int | None:
+def best_row(rows: list[SweepRow]) -> int | None:
     """The row with the highest mean KD val accuracy, ties broken by the lower val NLL, then by order.
 
     Val accuracy moves in steps of one val image, so ties are common on small val splits.
     """
     def key(i: int) -> tuple[float, float, int]:
-        nll = rows[i].get("kd_val_nll")
-        return rows[i]["kd_val_acc"], -(nll if nll is not None else float("inf")), -i
+        nll = rows[i].kd_val_nll
+        return rows[i].kd_val_acc, -(nll if nll is not None else float("inf")), -i
 
-    scored = [i for i, r in enumerate(rows) if r.get("kd_val_acc") is not None]
+    scored = [i for i, r in enumerate(rows) if r.kd_val_acc is not None]
     return max(scored, key=key) if scored else None
 
 
 def run_sweep(base: RunConfig, axes: list[Axis], out: Path, seeds: int | None = None,
               events: EventBus | None = None, cancel: CancelToken | None = None,
-              on_row: Callable[[dict[str, Any]], None] | None = None) -> SweepResult:
+              on_row: Callable[[SweepRow], None] | None = None) -> SweepResult:
     """Train the teachers once, then a scratch and a distilled student per seed for every grid point."""
     out = Path(out)
     events = events or EventBus()
@@ -139,10 +139,10 @@ def _sweep(prep, points, configs, axes, out, events, cancel, on_row) -> SweepRes
                          "lower train.lr, or check the teachers' weights files")
     _, combined = ensemble_stage(prep, trained.stack(), events)
     target_accs = {name: probs_metrics(c.probs["test"], prep.data.test.y)["acc"] for name, c in combined.items()}
-    scratch: dict[str, list[dict[str, Any]]] = {}
+    scratch: dict[str, list[StudentEntry]] = {}
     # Points with the same target share it, so the view cache is read once.
     teachings: dict[tuple[str, str, int], Teaching] = {}
-    rows: list[dict[str, Any]] = []
+    rows: list[SweepRow] = []
     names = [a.field for a in axes]
     best = None
     for i, (point, cfg) in enumerate(zip(points, configs)):
@@ -181,67 +181,86 @@ def _sweep(prep, points, configs, axes, out, events, cancel, on_row) -> SweepRes
     return SweepResult(names, rows, best, trained.entries, target_accs, warnings)
 
 
-def _row(point: dict[str, Any], names: list[str], kd: list[dict[str, Any]], scratch: list[dict[str, Any]],
-         ensemble_acc: float) -> dict[str, Any]:
-    kd_acc = mean_std([e["test_acc"] for e in kd])
-    sc_acc = mean_std([e["test_acc"] for e in scratch])
-    gains = mean_std([k["test_acc"] - s["test_acc"] for k, s in zip(kd, scratch)])
-    recovery = gain_recovery_over_seeds([e["test_acc"] for e in kd], [e["test_acc"] for e in scratch],
-                                        ensemble_acc)
-    vals = [e["val_acc"] for e in kd if e.get("val_acc") is not None]
-    val_nlls = [e["val_nll"] for e in kd if e.get("val_nll") is not None]
-    return {**{n: point[n] for n in names}, "point": point_label(point),
-            "kd_val_acc": mean_std(vals)["mean"] if vals else None,
-            "kd_val_nll": mean_std(val_nlls)["mean"] if val_nlls else None,
-            "kd_test_acc_mean": kd_acc["mean"], "kd_test_acc_std": kd_acc["std"],
-            "kd_test_nll_mean": mean_std([e["test_nll"] for e in kd])["mean"],
-            "scratch_test_acc_mean": sc_acc["mean"], "scratch_test_acc_std": sc_acc["std"],
-            "paired_gain_mean": gains["mean"], "paired_gain_std": gains["std"],
-            "ensemble_test_acc": ensemble_acc, "gain_recovery": recovery["of_means"],
-            "gain_recovery_per_seed_mean": recovery["mean"], "gain_recovery_per_seed_std": recovery["std"],
-            "seeds": len(kd), "kd_train_seconds": mean_std([e["train_seconds"] for e in kd])["mean"]}
+def _row(point: dict[str, Any], names: list[str], kd: list[StudentEntry], scratch: list[StudentEntry],
+         ensemble_acc: float) -> SweepRow:
+    kd_acc = mean_std([e.test_acc for e in kd])
+    sc_acc = mean_std([e.test_acc for e in scratch])
+    gains = mean_std([k.test_acc - s.test_acc for k, s in zip(kd, scratch)])
+    recovery = gain_recovery_over_seeds([e.test_acc for e in kd], [e.test_acc for e in scratch], ensemble_acc)
+    vals = [e.val_acc for e in kd if e.val_acc is not None]
+    val_nlls = [e.val_nll for e in kd if e.val_nll is not None]
+    return SweepRow(**{n: point[n] for n in names}, point=point_label(point),
+                    kd_val_acc=mean_std(vals)["mean"] if vals else None,
+                    kd_val_nll=mean_std(val_nlls)["mean"] if val_nlls else None,
+                    kd_test_acc_mean=kd_acc["mean"], kd_test_acc_std=kd_acc["std"],
+                    kd_test_nll_mean=mean_std([e.test_nll for e in kd])["mean"],
+                    scratch_test_acc_mean=sc_acc["mean"], scratch_test_acc_std=sc_acc["std"],
+                    paired_gain_mean=gains["mean"], paired_gain_std=gains["std"],
+                    ensemble_test_acc=ensemble_acc, gain_recovery=recovery["of_means"],
+                    gain_recovery_per_seed_mean=recovery["mean"], gain_recovery_per_seed_std=recovery["std"],
+                    seeds=len(kd), kd_train_seconds=mean_std([e.train_seconds for e in kd])["mean"])
 
 
 def format_sweep(result: SweepResult) -> str:
     """Plain-text table of a sweep, the val-best row marked with '*'."""
-    width = max([len("point"), *(len(r["point"]) for r in result.rows)]) + 2
+    width = max([len("point"), *(len(r.point) for r in result.rows)]) + 2
     header = (f"{'':2}{'point':<{width}}{'kd val':>8}{'kd test acc':>17}{'scratch test acc':>18}"
               f"{'paired gain':>17}{'recovery':>9}")
     lines = [header, "-" * len(header)]
     for i, r in enumerate(result.rows):
         mark = "* " if i == result.best else "  "
-        val = "" if r["kd_val_acc"] is None else f"{r['kd_val_acc']:.4f}"
-        rec = "" if r["gain_recovery"] is None else f"{r['gain_recovery']:.2f}"
-        lines.append(f"{mark}{r['point']:<{width}}{val:>8}"
-                     f"{r['kd_test_acc_mean']:>10.4f}+-{r['kd_test_acc_std']:.4f}"
-                     f"{r['scratch_test_acc_mean']:>11.4f}+-{r['scratch_test_acc_std']:.4f}"
-                     f"{r['paired_gain_mean']:>+10.4f}+-{r['paired_gain_std']:.4f}{rec:>9}")
+        val = "" if r.kd_val_acc is None else f"{r.kd_val_acc:.4f}"
+        rec = "" if r.gain_recovery is None else f"{r.gain_recovery:.2f}"
+        lines.append(f"{mark}{r.point:<{width}}{val:>8}"
+                     f"{r.kd_test_acc_mean:>10.4f}+-{r.kd_test_acc_std:.4f}"
+                     f"{r.scratch_test_acc_mean:>11.4f}+-{r.scratch_test_acc_std:.4f}"
+                     f"{r.paired_gain_mean:>+10.4f}+-{r.paired_gain_std:.4f}{rec:>9}")
     return "\n".join(lines)
 
 
-def load_sweep(folder: Path) -> dict[str, Any]:
-    """A finished (or running) sweep's `sweep.json` plus its base config: {axes, best, rows, config}."""
+@dataclass
+class LoadedSweep:
+    """A sweep folder read back: its validated sweep.json and its base config (a plain dict)."""
+
+    folder: Path
+    file: SweepFile
+    config: dict[str, Any]
+
+    @property
+    def rows(self) -> list[SweepRow]:
+        return self.file.rows
+
+    def point_config(self, index: int) -> dict[str, Any]:
+        """The config dict of row `index`: the base config with the point's values applied."""
+        raw = copy.deepcopy(self.config)
+        row = self.file.rows[index]
+        for name in self.file.axes:
+            config_mod.set_field(raw, name, row.value(name))
+        return raw
+
+
+def load_sweep(folder: Path) -> LoadedSweep:
+    """A finished (or running) sweep's validated `sweep.json` plus its base config."""
     folder = Path(folder)
     path = folder / "sweep.json"
     if not path.is_file():
         raise OutputError("sweep folder", f"'{folder}' holds no sweep.json",
                           "give the --out folder of a `kdlab sweep` (it appears after the first point)")
+    sweep = read_sweep_file(path)
     try:
-        sweep = json.loads(path.read_text())
         base = yaml.safe_load((folder / "config.yaml").read_text())
-    except (OSError, ValueError, yaml.YAMLError) as err:
-        raise OutputError("sweep folder", f"'{folder}' cannot be read ({type(err).__name__})",
+    except (OSError, yaml.YAMLError) as err:
+        raise OutputError("sweep folder", f"'{folder}/config.yaml' cannot be read ({type(err).__name__})",
                           "run the sweep again into a new --out folder") from None
-    return {**sweep, "config": base}
+    if not isinstance(base, dict):
+        raise OutputError("sweep folder", f"'{folder}/config.yaml' is not a config mapping",
+                          "run the sweep again into a new --out folder")
+    return LoadedSweep(folder, sweep, base)
 
 
-def point_raw_config(sweep: dict[str, Any], index: int) -> dict[str, Any]:
+def point_raw_config(sweep: LoadedSweep, index: int) -> dict[str, Any]:
     """The config dict of row `index` of a loaded sweep: its base config with the point applied."""
-    raw = copy.deepcopy(sweep["config"])
-    row = sweep["rows"][index]
-    for name in sweep["axes"]:
-        config_mod.set_field(raw, name, row[name])
-    return raw
+    return sweep.point_config(index)
 
 
 def find_sweeps(root: Path) -> list[Path]:

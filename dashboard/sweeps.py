@@ -91,11 +91,12 @@ def resume_offer(folder: Path, sweep: dict[str, Any]) -> None:
     points = len(grid_points(axes))
     events = folder / "events.jsonl"
     age = time.time() - events.stat().st_mtime if events.is_file() else float("inf")
-    if len(sweep["rows"]) < points and age < BUSY_SECONDS:
-        st.info(f"{len(sweep['rows'])} of {points} points are done; another process wrote to this sweep "
+    done = len(sweep.rows)
+    if done < points and age < BUSY_SECONDS:
+        st.info(f"{done} of {points} points are done; another process wrote to this sweep "
                 f"{age:.0f} s ago (a `kdlab sweep` still running?).")
-    elif len(sweep["rows"]) < points:
-        st.warning(f"{len(sweep['rows'])} of {points} points are done: this sweep stopped before the end.")
+    elif done < points:
+        st.warning(f"{done} of {points} points are done: this sweep stopped before the end.")
         if st.button("Resume sweep", key="sweep_resume"):
             try:
                 manager.resume_sweep(folder)

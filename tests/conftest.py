@@ -37,3 +37,17 @@ def shapes_bundle():
 @pytest.fixture
 def quick_train() -> TrainConfig:
     return TrainConfig(epochs=3, batch_size=32, lr=3e-3, log_every=2)
+
+
+@pytest.fixture
+def sweep_row():
+    """A factory of sweep rows with the given scores (the rest arbitrary but valid)."""
+    from core.results.sweep import SweepRow
+
+    def make(val_acc, test_acc=0.5, val_nll=None) -> SweepRow:
+        return SweepRow(point="p", kd_val_acc=val_acc, kd_val_nll=val_nll, kd_test_acc_mean=test_acc,
+                        kd_test_acc_std=0.0, kd_test_nll_mean=0.3, scratch_test_acc_mean=0.5,
+                        scratch_test_acc_std=0.0, paired_gain_mean=0.0, paired_gain_std=0.0, ensemble_test_acc=0.9,
+                        gain_recovery=None, gain_recovery_per_seed_mean=None, gain_recovery_per_seed_std=None,
+                        seeds=1, kd_train_seconds=1.0)
+    return make

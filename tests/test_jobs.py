@@ -215,7 +215,7 @@ def test_a_sweep_job_runs_in_the_queue_after_a_run_and_writes_its_folder(manager
     assert manager._sweeps[sweep_id].trainings_done == manager._sweeps[sweep_id].total_trainings == 4
     folder = tmp_path / sweep_id
     assert find_sweeps(tmp_path) == [folder]
-    assert [r["point"] for r in load_sweep(folder)["rows"]] == ["distill.temperature=1", "distill.temperature=4"]
+    assert [r.point for r in load_sweep(folder).rows] == ["distill.temperature=1", "distill.temperature=4"]
     assert manager.queued() == [] and manager.running() == []  # sweeps are not store runs
 
 
@@ -241,7 +241,7 @@ def test_a_cancelled_sweep_resumes_in_its_folder_without_retraining(manager, tmp
     _wait_for(lambda: job.points_done >= 1)  # the first point is written
     assert manager.cancel_sweep(sweep_id)
     assert manager.wait_sweep(sweep_id, timeout=60) == "cancelled"
-    assert len(load_sweep(tmp_path / sweep_id)["rows"]) == 1
+    assert len(load_sweep(tmp_path / sweep_id).rows) == 1
     with pytest.raises(JobError):
         manager.cancel_sweep("sweep-unknown")
 
@@ -251,8 +251,8 @@ def test_a_cancelled_sweep_resumes_in_its_folder_without_retraining(manager, tmp
     assert manager.wait_sweep(sweep_id, timeout=120) == "done"
     resumed = manager._sweeps[sweep_id]
     assert resumed is not job and resumed.points_done == 2
-    rows = load_sweep(tmp_path / sweep_id)["rows"]
-    assert [r["seeds"] for r in rows] == [1, 1]
+    rows = load_sweep(tmp_path / sweep_id).rows
+    assert [r.seeds for r in rows] == [1, 1]
     # After the resume only the second point's distilled student trains (from its last checkpoint, if any); the teacher and
     # the shared scratch student come back from their checkpoints.
     trained = [e["source"] for e in sweep_events(tmp_path / sweep_id)[before:] if e["kind"] == "epoch"]

@@ -16,6 +16,7 @@ from core.errors import ConfigError
 from core.models import ModelSpec, build_model
 from core.pipeline import prepare, run_experiment, teacher_disagreement
 from core.report import COLUMNS
+from core.results import STAGES, read_results
 from core.students import residual_weights
 
 TINY = ["data.name=shapes", "data.count=240", "data.image_size=16", "train.epochs=2", "train.batch_size=32",
@@ -32,34 +33,35 @@ def tiny_run(tmp_path_factory):
 
 def test_results_schema(tiny_run):
     out, cfg, results = tiny_run
-    assert results["status"] == "done"
-    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
-    schemes = {e["scheme"] for e in results["ensembles"]}
+    assert results.status == "done" and results.schema_version == 2 and results.stages_done == list(STAGES)
+    assert json.loads((out / "results.json").read_text()) == results.to_json()
+    assert read_results(out / "results.json") == results  # what is written reads back as the same model
+    schemes = {e.scheme for e in results.ensembles}
     assert {"mean_prob", "mean_logit", "vote", "learned", "uncertainty", "stacking"} <= schemes
-    kinds = [(s["kind"], s["seed"]) for s in results["students"]]
+    kinds = [(s.kind, s.seed) for s in results.students]
     assert kinds == [("scratch", 0), ("kd", 0), ("scratch", 1), ("kd", 1)]
-    methods = [r["method"] for r in results["comparison"]]
+    methods = [r.method for r in results.comparison]
     assert methods[:2] == ["test_resnet", "test_efficientnet"]
     assert "ensemble/mean_logit" in methods and methods[-2:] == ["student/scratch", "student/kd"]
-    for row in results["comparison"]:
-        assert set(COLUMNS) <= set(row)
-        assert row["params"] > 0 and row["latency_ms"] > 0 and row["throughput"] > 0
-    rows = {r["method"]: r for r in results["comparison"]}
+    for row in results.comparison:
+        assert set(COLUMNS) <= set(row.model_dump())
+        assert row.params > 0 and row.latency_ms > 0 and row.throughput > 0
+    rows = {r.method: r.model_dump() for r in results.comparison}
     # An ensemble costs the sum of its members.
     assert rows["ensemble/mean_logit"]["params"] == rows["test_resnet"]["params"] + rows["test_efficientnet"]["params"]
     assert rows["student/kd"]["seeds"] == 2
-    summary = results["summary"]
-    assert summary["target_scheme"] == "mean_logit"
-    assert {"per_seed", "of_means"} <= set(summary["gain_recovery"])
+    summary = results.summary
+    assert summary.target_scheme == "mean_logit"
+    assert len(summary.gain_recovery.per_seed) == 2
     # One seed per teacher: the single-run form, and the reason the bias/variance split is missing.
-    diag = results["diagnostics"]
+    diag = results.diagnostics.detail()
     assert diag["members"] == ["test_resnet", "test_efficientnet"] and diag["draws"] == 1
     ce = diag["combiners"]["mean_logit"]
     assert ce["terms"]["bias"] is None and "seeds" in ce["reason"]
     assert ce["terms"]["loss"] == pytest.approx(ce["terms"]["member_loss"] - ce["terms"]["diversity"], abs=1e-6)
     assert set(diag["students"]) == {"scratch", "kd"} and diag["students"]["kd"]["seeds"] == 2
-    outputs = load_file(str(out / results["artifacts"]["test_outputs"]))
-    n = results["dataset"]["test"]
+    outputs = load_file(str(out / results.artifacts["test_outputs"]))
+    n = results.dataset.test
     assert outputs["labels"].shape == (n,) and outputs["teacher/test_resnet/s0"].shape == (n, 4)
     assert outputs["weights/uncertainty"].shape == (n, 2) and outputs["student/kd/s1"].shape == (n, 4)
     assert outputs["gallery/images"].dtype == torch.uint8 and outputs["gallery/images"].shape[0] == 16
@@ -77,11 +79,11 @@ def test_rerun_reuses_teachers_and_logit_cache(tiny_run):
     out, cfg, first = tiny_run
     again = run_experiment(prepare(cfg, out), out)
     # Two teachers, each with a plain entry and a per-view entry (teaching = views, the default).
-    assert first["teaching"]["mode"] == "views" and first["teaching"]["views"]["views"] == 50  # 5 x 5 shifts x flip
-    assert first["logit_cache"] == {"hits": 0, "misses": 4}
-    assert again["logit_cache"] == {"hits": 4, "misses": 0}
-    assert [t["test_acc"] for t in again["teachers"]] == [t["test_acc"] for t in first["teachers"]]
-    assert [t["weights_hash"] for t in again["teachers"]] == [t["weights_hash"] for t in first["teachers"]]
+    assert first.teaching.mode == "views" and first.teaching.views.views == 50  # 5 x 5 shifts x flip
+    assert (first.logit_cache.hits, first.logit_cache.misses) == (0, 4)
+    assert (again.logit_cache.hits, again.logit_cache.misses) == (4, 0)
+    assert [t.test_acc for t in again.teachers] == [t.test_acc for t in first.teachers]
+    assert [t.weights_hash for t in again.teachers] == [t.weights_hash for t in first.teachers]
 
 
 def test_cache_misses_when_the_teacher_changes(shapes_bundle, tmp_path):
@@ -137,8 +139,8 @@ def test_residual_rounds_are_reported_one_row_each(tmp_path):
     cfg = config.load(overrides=TINY + ["student.seeds=1", "distill.rounds=2", "train.epochs=1",
                                         "teachers=[{model: test_resnet}]"])
     results = run_experiment(prepare(cfg, tmp_path), tmp_path)
-    assert [(s["kind"], s["round"]) for s in results["students"]] == [("scratch", None), ("kd", 1), ("kd", 2)]
-    methods = [r["method"] for r in results["comparison"]]
+    assert [(s.kind, s.round) for s in results.students] == [("scratch", None), ("kd", 1), ("kd", 2)]
+    methods = [r.method for r in results.comparison]
     assert methods[-2:] == ["student/kd-round1", "student/kd-round2"]
 
 
@@ -147,10 +149,10 @@ def test_every_teaching_mode_runs_end_to_end(tmp_path, teaching):
     cfg = config.load(overrides=TINY + ["student.seeds=1", "train.epochs=1", "teachers=[{model: test_resnet}]",
                                         f"distill.teaching={teaching}", "ensemble.scheme=learned"])
     results = run_experiment(prepare(cfg, tmp_path), tmp_path)
-    assert results["status"] == "done" and results["teaching"]["mode"] == teaching
-    assert "views" not in results["teaching"]
-    assert results["logit_cache"]["misses"] == 1  # the plain entry only
-    assert [s["kind"] for s in results["students"]] == ["scratch", "kd"]
+    assert results.status == "done" and results.teaching.mode == teaching
+    assert results.teaching.views is None
+    assert results.logit_cache.misses == 1  # the plain entry only
+    assert [s.kind for s in results.students] == ["scratch", "kd"]
 
 
 def test_a_scheme_that_cannot_be_fitted_falls_back_with_a_warning(tmp_path):
@@ -158,11 +160,11 @@ def test_a_scheme_that_cannot_be_fitted_falls_back_with_a_warning(tmp_path):
                                         "data.val_fraction=0.02", "ensemble.scheme=stacking",
                                         "distill.teaching=cached"])
     results = run_experiment(prepare(cfg, tmp_path), tmp_path)
-    assert results["status"] == "done"
-    errors = {e["scheme"]: e.get("error", "") for e in results["ensembles"]}
-    assert "data.val_fraction" in errors["stacking"] and errors["mean_logit"] == ""
-    assert results["target_scheme"] == results["summary"]["target_scheme"] == "mean_logit"
-    assert any(w.startswith("ensemble.scheme: 'stacking' could not be fitted") for w in results["warnings"])
+    assert results.status == "done"
+    errors = {e.scheme: e.error for e in results.ensembles}
+    assert "data.val_fraction" in errors["stacking"] and errors["mean_logit"] is None
+    assert results.target_scheme == results.summary.target_scheme == "mean_logit"
+    assert any(w.startswith("ensemble.scheme: 'stacking' could not be fitted") for w in results.warnings)
 
 
 def test_a_diverged_teacher_is_left_out_and_the_run_goes_on(tmp_path):
@@ -177,14 +179,14 @@ def test_a_diverged_teacher_is_left_out_and_the_run_goes_on(tmp_path):
         f"teachers=[{{model: test_resnet}}, {{model: test_efficientnet, weights_file: '{tmp_path / 'diverged.safetensors'}'}}]"])
     out = tmp_path / "run"
     results = run_experiment(prepare(cfg, out), out)
-    assert results["status"] == "done"
-    assert [t["name"] for t in results["teachers"]] == ["test_resnet"]
-    assert results["teachers_dropped"][0]["name"] == "test_efficientnet"
-    assert "non-finite" in results["teachers_dropped"][0]["error"] or "loss" in results["teachers_dropped"][0]["error"]
-    assert any("left out of the ensemble" in w for w in results["warnings"])
-    methods = [r["method"] for r in results["comparison"]]
+    assert results.status == "done"
+    assert [t.name for t in results.teachers] == ["test_resnet"]
+    dropped = results.teachers_dropped[0]
+    assert dropped.name == "test_efficientnet" and ("non-finite" in dropped.error or "loss" in dropped.error)
+    assert any("left out of the ensemble" in w for w in results.warnings)
+    methods = [r.method for r in results.comparison]
     assert "test_efficientnet" not in methods and "test_resnet" in methods
-    assert next(e for e in results["ensembles"] if e["scheme"] == "mean_logit")["members"] == 1
+    assert results.ensemble("mean_logit").members == 1
 
 
 def test_bagging_draws_give_the_full_decomposition(tmp_path):
@@ -193,7 +195,7 @@ def test_bagging_draws_give_the_full_decomposition(tmp_path):
     prep = prepare(cfg, tmp_path)
     assert "full bias-variance-diversity decomposition over 2 draws per teacher (bootstrap" in prep.decomposition_plan
     results = run_experiment(prep, tmp_path)
-    ce = results["diagnostics"]["combiners"]["mean_logit"]
+    ce = results.diagnostics.combiners["mean_logit"]
     assert ce["reason"] in (None, "") and ce["terms"]["bias"] is not None
     t = ce["terms"]
     assert t["loss"] == pytest.approx(t["bias"] + t["variance"] - t["diversity"], abs=1e-6)

@@ -70,13 +70,12 @@ def test_a_bad_point_fails_before_any_teacher_trains(tmp_path):
     assert starts.fresh == [] and not (tmp_path / "s" / "teachers").exists()
 
 
-def test_best_row_is_by_val_accuracy_only():
-    rows = [{"kd_val_acc": 0.90, "kd_test_acc_mean": 0.99}, {"kd_val_acc": 0.95, "kd_test_acc_mean": 0.80},
-            {"kd_val_acc": 0.95, "kd_test_acc_mean": 0.85}, {"kd_val_acc": None}]
+def test_best_row_is_by_val_accuracy_only(sweep_row):
+    rows = [sweep_row(0.90, 0.99), sweep_row(0.95, 0.80), sweep_row(0.95, 0.85), sweep_row(None)]
     assert best_row(rows) == 1  # the earlier of the tied points, whatever test says
-    rows[1]["kd_val_nll"], rows[2]["kd_val_nll"] = 0.20, 0.10
+    rows[1].kd_val_nll, rows[2].kd_val_nll = 0.20, 0.10
     assert best_row(rows) == 2  # a tie in val accuracy goes to the lower val NLL
-    assert best_row([{"kd_val_acc": None}]) is None
+    assert best_row([sweep_row(None)]) is None
 
 
 class Starts:
@@ -112,18 +111,18 @@ def test_sweep_trains_teachers_and_scratch_students_once(tiny_sweep):
 
 def test_sweep_rows_and_files(tiny_sweep):
     out, base, axes, result, starts = tiny_sweep
-    assert [r["distill.temperature"] for r in result.rows] == [1, 4]
+    assert [r.value("distill.temperature") for r in result.rows] == [1, 4]
     assert result.axes == ["distill.temperature", "distill.alpha"]
     for r in result.rows:
-        assert r["seeds"] == 2 and 0.0 <= r["kd_test_acc_mean"] <= 1.0 and 0.0 <= r["kd_val_acc"] <= 1.0
-        assert r["paired_gain_mean"] == pytest.approx(r["kd_test_acc_mean"] - r["scratch_test_acc_mean"])
+        assert r.seeds == 2 and 0.0 <= r.kd_test_acc_mean <= 1.0 and 0.0 <= r.kd_val_acc <= 1.0
+        assert r.paired_gain_mean == pytest.approx(r.kd_test_acc_mean - r.scratch_test_acc_mean)
     # The same scratch students serve every point.
-    assert result.rows[0]["scratch_test_acc_mean"] == result.rows[1]["scratch_test_acc_mean"]
+    assert result.rows[0].scratch_test_acc_mean == result.rows[1].scratch_test_acc_mean
     assert result.best == best_row(result.rows)
     with open(out / "sweep.csv") as f:
         table = list(csv.DictReader(f))
     assert [row["best"] for row in table].count("True") == 1
-    assert float(table[0]["kd_test_acc_mean"]) == pytest.approx(result.rows[0]["kd_test_acc_mean"])
+    assert float(table[0]["kd_test_acc_mean"]) == pytest.approx(result.rows[0].kd_test_acc_mean)
     saved = json.loads((out / "sweep.json").read_text())
     assert saved["axes"] == result.axes and len(saved["rows"]) == 2
     assert (out / "config.yaml").is_file() and (out / "sweep.yaml").is_file()
@@ -134,7 +133,7 @@ def test_sweep_rerun_resumes_and_other_axes_are_refused(tiny_sweep):
     starts = Starts()
     again = run_sweep(base, axes, out, seeds=2, events=EventBus(starts))
     assert starts.fresh == []  # every teacher and student resumed from its finished checkpoint
-    assert [r["kd_test_acc_mean"] for r in again.rows] == [r["kd_test_acc_mean"] for r in result.rows]
+    assert [r.kd_test_acc_mean for r in again.rows] == [r.kd_test_acc_mean for r in result.rows]
     with pytest.raises(KdlabError, match="other axes"):
         run_sweep(base, [parse_axis("distill.temperature=2")], out, seeds=2)
 
@@ -155,11 +154,11 @@ def test_cli_sweep_prints_the_table_and_the_pick(tiny_sweep):
 def test_load_sweep_and_a_point_back_as_a_config(tiny_sweep, tmp_path):
     out, base, axes, result, _ = tiny_sweep
     sweep = load_sweep(out)
-    assert sweep["best"] == result.best and sweep["config"] == base.to_dict()
+    assert sweep.file.best == result.best and sweep.config == base.to_dict()
     raw = point_raw_config(sweep, 1)
     cfg = config.validate(raw)
     assert (cfg.distill.temperature, cfg.distill.alpha) == (4, 0.5)
-    assert cfg.teachers == base.teachers and sweep["config"]["distill"] == base.to_dict()["distill"]
+    assert cfg.teachers == base.teachers and sweep.config["distill"] == base.to_dict()["distill"]
     with pytest.raises(KdlabError, match="no sweep.json"):
         load_sweep(tmp_path)
 
@@ -167,12 +166,13 @@ def test_load_sweep_and_a_point_back_as_a_config(tiny_sweep, tmp_path):
 def test_sweep_chart_marks_the_pick_and_draws_the_ensemble(tiny_sweep):
     from dashboard import figures
     _, _, _, result, _ = tiny_sweep
-    fig = figures.sweep_chart(result.rows, result.best)
+    rows = [r.to_json() for r in result.rows]
+    fig = figures.sweep_chart(rows, result.best)
     names = [t.name for t in fig.data]
     assert names == ["KD student", "scratch student", "best by KD val accuracy"]
-    assert list(fig.data[0].error_y.array) == [r["kd_test_acc_std"] for r in result.rows]
-    assert fig.data[2].x[0] == result.rows[result.best]["point"]  # no axes given: the full point text
-    short = figures.sweep_chart(result.rows, result.best, result.axes)
+    assert list(fig.data[0].error_y.array) == [r.kd_test_acc_std for r in result.rows]
+    assert fig.data[2].x[0] == result.rows[result.best].point  # no axes given: the full point text
+    short = figures.sweep_chart(rows, result.best, result.axes)
     assert list(short.data[0].x) == ["temperature=1 alpha=0.5", "temperature=4 alpha=0.5"]
     assert any("ensemble" in a.text for a in fig.layout.annotations)
     assert figures.is_empty(figures.sweep_chart([]))
@@ -207,7 +207,7 @@ def test_compare_page_shows_a_sweep_folder(tiny_sweep, run_store_dir, tmp_path):
     assert not at.exception, at.exception
     assert any(json.loads(c.proto.spec)["layout"]["title"]["text"].startswith("Sweep")
                for c in at.get("plotly_chart"))
-    assert list(at.dataframe[0].value["point"]) == [r["point"] for r in tiny_sweep[3].rows]
+    assert list(at.dataframe[0].value["point"]) == [r.point for r in tiny_sweep[3].rows]
     at.text_input(key="sweep_dir").set_value(str(tmp_path)).run()
     assert any("no sweep.json" in e.value for e in at.error)
 
@@ -229,7 +229,7 @@ def test_an_unfittable_scheme_point_falls_back_with_a_warning_and_more_seeds_reu
     assert [w for w in result.warnings if "'stacking' could not be fitted" in w]
     assert json.loads((tmp_path / "sweep.json").read_text())["warnings"] == result.warnings
     # Both points learned from mean_logit: the same target, so the same students.
-    assert result.rows[0]["kd_test_acc_mean"] == result.rows[1]["kd_test_acc_mean"]
+    assert result.rows[0].kd_test_acc_mean == result.rows[1].kd_test_acc_mean
     starts = Starts()
     run_sweep(base, axes, tmp_path, seeds=2, events=EventBus(starts))
     assert sorted(starts.fresh) == ["student/kd-r1/s1"] * 2 + ["student/scratch/s1"]  # only seed 1 is new

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import KdlabError
-from core.sweep import find_sweeps, load_sweep, point_raw_config
+from core.sweep import find_sweeps, load_sweep
 from dashboard import figures, sweeps
 from dashboard.state import job_manager, run_store
 
@@ -49,8 +49,8 @@ def sweep_points(folder: Path) -> None:
             st.error(str(err))
         return
     sweeps.resume_offer(folder, sweep)
-    rows, best = sweep["rows"], sweep["best"]
-    st.plotly_chart(figures.sweep_chart(rows, best, sweep["axes"]), key="sweep_chart")
+    rows, best = [r.to_json() for r in sweep.rows], sweep.file.best
+    st.plotly_chart(figures.sweep_chart(rows, best, sweep.file.axes), key="sweep_chart")
     table = pd.DataFrame(rows)[["point", "kd_val_acc", "kd_test_acc_mean", "kd_test_acc_std",
                                 "scratch_test_acc_mean", "paired_gain_mean", "gain_recovery", "seeds"]]
     st.dataframe(table, hide_index=True, width="stretch", key="sweep_table")
@@ -58,7 +58,7 @@ def sweep_points(folder: Path) -> None:
     pick = st.selectbox("Point", labels, index=best or 0, key="sweep_point",
                         help="Preselected: the best by KD val accuracy.")
     if st.button("Load point into Setup", key="sweep_load"):
-        st.session_state["loaded_config"] = point_raw_config(sweep, labels.index(pick))
+        st.session_state["loaded_config"] = sweep.point_config(labels.index(pick))
         st.switch_page("views/setup.py")
 
 
