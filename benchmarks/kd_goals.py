@@ -23,7 +23,6 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -31,27 +30,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core import config  # noqa: E402
 from core.pipeline import prepare, run_experiment  # noqa: E402
+from core.results import RunResults  # noqa: E402
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def goals_of_run(results: dict[str, Any]) -> dict[str, float]:
+def goals_of_run(results: RunResults) -> dict[str, float]:
     """The goal figures of one run's results.json."""
-    rows = results["comparison"]
-    teacher_nll = min(r["test_nll_mean"] for r in rows if r["kind"] == "teacher")
-    ensemble_nll = min(r["test_nll_mean"] for r in rows if r["kind"] == "ensemble")
-    kd = [s for s in results["students"] if s["kind"] == "kd"]
-    last_round = max(s["round"] for s in kd)
-    kd_acc = {s["seed"]: s["test_acc"] for s in kd if s["round"] == last_round}
-    scratch_acc = {s["seed"]: s["test_acc"] for s in results["students"] if s["kind"] == "scratch"}
+    rows = results.comparison
+    teacher_nll = min(r.test_nll_mean for r in rows if r.kind == "teacher")
+    ensemble_nll = min(r.test_nll_mean for r in rows if r.kind == "ensemble")
+    kd_acc = {s.seed: s.test_acc for s in results.kd()}
+    scratch_acc = {s.seed: s.test_acc for s in results.scratch()}
     gains = [kd_acc[seed] - scratch_acc[seed] for seed in sorted(kd_acc)]
-    recovery = results["summary"]["gain_recovery"]
+    recovery = results.summary.gain_recovery
     return {"ensemble_nll": ensemble_nll, "teacher_nll": teacher_nll,
             "kd": statistics.fmean(kd_acc.values()), "scratch": statistics.fmean(scratch_acc.values()),
-            "gain": statistics.fmean(gains), "recovery": recovery["of_means"],
-            "recovery_seed_mean": recovery["mean"], "recovery_seed_std": recovery["std"]}
+            "gain": statistics.fmean(gains), "recovery": recovery.of_means,
+            "recovery_seed_mean": recovery.mean, "recovery_seed_std": recovery.std}
 
 
 def main() -> None:

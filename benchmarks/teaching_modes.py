@@ -51,8 +51,8 @@ def main() -> None:
         for m in prep.members:
             for s in range(m.cfg.seeds):
                 entry, model = train_teacher(prep, m, s, out, events, cancel)
-                draws.append((model, entry["weights_hash"]))
-                logits.append(teacher_logits(model, entry["weights_hash"], prep.data, out / "cache", stats))
+                draws.append((model, entry.weights_hash))
+                logits.append(teacher_logits(model, entry.weights_hash, prep.data, out / "cache", stats))
         stack = {split: torch.stack([z[split] for z in logits]) for split in ("train", "val", "test")}
         target = combine(cfg.ensemble.scheme, stack, prep.data.val.y)
         teachings = {}
@@ -68,7 +68,7 @@ def main() -> None:
                 start = time.perf_counter()
                 run = train_student(cfg, prep.data, kind, 0, out / f"{mode}-{r}", events, cancel, teachings[mode])
                 seconds[mode].append(time.perf_counter() - start)
-                accs[mode].append(run.entry["test_acc"])
+                accs[mode].append(run.entry.test_acc)
     epochs = cfg.student.train_config(cfg.train).epochs
     print(f"preset={args.preset} device={prep.device} threads={args.threads} torch={torch.__version__} "
           f"teachers={len(draws)} student epochs={epochs} repeats={args.repeats}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from core.atomic import write_tensors
 from core.data.views import ViewGrid
 from core.device import precision_for
 from core.train.tasks import predict_logits
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
@@ -64,8 +67,8 @@ def _load(path: Path, shapes: dict[str, tuple[int, ...]], device: torch.device) 
         cached = load_file(str(path))
         if all(tuple(cached[name].shape[:len(shape)]) == shape for name, shape in shapes.items()):
             return {name: cached[name].to(device) for name in shapes}
-    except Exception:  # noqa: BLE001 - an unreadable cache entry is recomputed, never fatal
-        pass
+    except Exception as err:  # noqa: BLE001 - an unreadable cache entry is recomputed, never fatal
+        log.warning("logit cache entry %s is unreadable (%s: %s); recomputing it", path, type(err).__name__, err)
     return None
 
 

@@ -25,6 +25,7 @@ from core.atomic import write_json
 from core.cache import CacheStats
 from core.errors import Cancelled, ModelError
 from core.prepare import Member, Prepared, check_output_dir, config_fingerprint, prepare, teacher_spec  # noqa: F401
+from core.runlog import log_event, run_log
 from core.results import CacheCounts, DatasetInfo, DiagnosticsHeader, RunResults
 from core.stages import (GALLERY_SIZE, TrainedTeachers, comparison_stage, diagnostics_stage,  # noqa: F401
                          ensemble_stage, save_test_outputs, student_stage, teacher_disagreement, teacher_stage,
@@ -61,6 +62,13 @@ def run_experiment(prep: Prepared, out: Path, events: EventBus | None = None,
     (out / "config.yaml").write_text(prep.cfg.to_yaml())
     writer = JsonlWriter(out / "events.jsonl")
     events.subscribe(writer)
+    events.subscribe(log_event)
+    with run_log(out):
+        return _run_stages(prep, out, events, cancel, writer)
+
+
+def _run_stages(prep: Prepared, out: Path, events: EventBus, cancel: CancelToken, writer: JsonlWriter
+                ) -> RunResults:
     started = time.time()
     results = RunResults(name=prep.cfg.name, dataset=DatasetInfo(**prep.data.summary()),
                          class_names=list(prep.data.class_names), device=str(prep.device),

@@ -36,6 +36,7 @@ from core.models import model_card
 from core.pipeline import FALLBACK_SCHEME, JsonlWriter
 from core.prepare import config_fingerprint, prepare
 from core.results import StudentEntry, TeacherEntry
+from core.runlog import log_event, run_log
 from core.results.sweep import SCORE_COLUMNS, SweepFile, SweepRow, read_sweep_file
 from core.stages import ensemble_stage, teacher_stage, teaching_stage
 from core.students import Teaching, student_spec, train_student
@@ -111,8 +112,10 @@ def run_sweep(base: RunConfig, axes: list[Axis], out: Path, seeds: int | None = 
     saved_axes.write_text(yaml.safe_dump(axes_doc, sort_keys=False))
     writer = JsonlWriter(out / "events.jsonl")
     events.subscribe(writer)
+    events.subscribe(log_event)
     try:
-        return _sweep(prep, points, configs, axes, out, events, cancel, on_row)
+        with run_log(out):
+            return _sweep(prep, points, configs, axes, out, events, cancel, on_row)
     finally:
         writer.close()
 

@@ -141,3 +141,33 @@ def test_malformed_sweep_files_name_what_is_wrong(tmp_path, content, message):
     with pytest.raises(KdlabError) as err:
         read_sweep_file(path)
     assert message in str(err.value) and str(path) in str(err.value)
+
+
+def test_each_run_folder_keeps_its_own_log(tmp_path):
+    import logging
+    import threading
+
+    from core.runlog import LOG_NAME, run_log
+
+    other = logging.getLogger("core.other")
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    ready, done = threading.Event(), threading.Event()
+
+    def second_run() -> None:
+        with run_log(b):
+            other.warning("from run b")
+            ready.set()
+            done.wait(5)
+
+    thread = threading.Thread(target=second_run)
+    thread.start()
+    with run_log(a):
+        ready.wait(5)
+        other.info("from run a")
+        done.set()
+    thread.join()
+    logging.getLogger("core.other").warning("after both runs")
+    assert "from run a" in (a / LOG_NAME).read_text() and "from run b" not in (a / LOG_NAME).read_text()
+    assert "from run b" in (b / LOG_NAME).read_text() and "from run a" not in (b / LOG_NAME).read_text()
+    assert "after both runs" not in (a / LOG_NAME).read_text()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import logging
 import re
 
 import timm
@@ -11,6 +12,8 @@ import torch
 from timm.models import is_model, split_model_name_tag
 
 from core.errors import ModelError
+
+log = logging.getLogger(__name__)
 
 # Names timm resolves through a remote or local config rather than its registry.
 _SOURCE_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
@@ -66,7 +69,9 @@ def meta_params(name: str) -> int | None:
         except TypeError:
             with torch.device("meta"):
                 model = timm.create_model(name)
-    except Exception:  # noqa: BLE001 - any build failure means "skip this name"
+    except Exception as err:  # noqa: BLE001 - any build failure means "skip this name"
+        log.debug("timm model %s cannot be built to count its parameters (%s: %s); not listed",
+                  name, type(err).__name__, err)
         return None
     return sum(p.numel() for p in model.parameters())
 

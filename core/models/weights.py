@@ -131,7 +131,9 @@ def _filter(model: nn.Module, state_dict: dict[str, Tensor]) -> dict[str, Tensor
         return state_dict
     try:
         out = filter_fn(dict(state_dict), model)
-    except Exception:  # noqa: BLE001 - a filter for foreign layouts may choke on ours; use it raw
+    except Exception as err:  # noqa: BLE001 - a filter for foreign layouts may choke on ours; use it raw
+        log.debug("timm's checkpoint filter for %s failed (%s: %s); loading the state dict as it is",
+                  type(model).__name__, type(err).__name__, err)
         return state_dict
     return out if isinstance(out, dict) and out else state_dict
 
@@ -146,8 +148,9 @@ def _adapt_first_convs(model: nn.Module, state_dict: dict[str, Tensor], own: Map
         if src.ndim == 4 and dst.ndim == 4 and src.shape[1] != dst.shape[1] and src.shape[0] == dst.shape[0]:
             try:
                 state_dict[key] = adapt_input_conv(dst.shape[1], src.float(), base_chans=src.shape[1])
-            except (ValueError, NotImplementedError):
-                pass  # left mismatched: it is then skipped and counted as not loaded
+            except (ValueError, NotImplementedError) as err:
+                # left mismatched: it is then skipped and counted as not loaded
+                log.debug("cannot adapt %s from %d to %d input channels: %s", key, src.shape[1], dst.shape[1], err)
 
 
 def load_state_dict_into(model: nn.Module, state_dict: dict[str, Tensor], field: str,

@@ -11,6 +11,7 @@ never leaves a half-written checkpoint):
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from core.atomic import write_json, write_tensors
+
+log = logging.getLogger(__name__)
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
@@ -77,7 +80,8 @@ def read_checkpoint_info(folder: Path) -> dict[str, Any] | None:
         return None
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, json.JSONDecodeError) as err:  # training starts over instead: slower, never wrong
+        log.warning("checkpoint state %s is unreadable (%s); training this model from the start", path, err)
         return None
 
 

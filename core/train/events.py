@@ -6,12 +6,15 @@ bar, the run store), and check a cancellation token once per step.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from core.errors import Cancelled
+
+log = logging.getLogger(__name__)
 
 EVENT_KINDS = ("start", "step", "epoch", "done", "failed", "cancelled", "stage", "info")
 
@@ -53,7 +56,8 @@ class EventBus:
             try:
                 fn(event)
             except Exception:  # noqa: BLE001 - a broken display must not kill a training run
-                pass
+                log.warning("event subscriber %r failed on a %s event from %s; training goes on",
+                            fn, event.kind, event.source, exc_info=True)
 
     def __call__(self, kind: str, **kwargs: Any) -> None:
         self.emit(Event(kind=kind, **kwargs))

@@ -7,6 +7,7 @@ only every `log_every` steps and at epoch end, so the host never waits on the de
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from core.train.events import CancelToken, Event, EventBus
 from core.train.schedule import lr_at
 from core.evaluate import logits_metrics
 from core.train.tasks import Task, accuracy_count, predict_logits
+
+log = logging.getLogger(__name__)
 
 # torch.compile is not thread-safe: compile one model at a time, whatever thread asks.
 _COMPILE_LOCK = threading.Lock()
@@ -62,7 +65,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
     try:
         return build(fused=True)
-    except (RuntimeError, TypeError, ValueError):  # no fused kernel for this device or dtype
+    except (RuntimeError, TypeError, ValueError) as err:  # no fused kernel for this device or dtype
+        log.debug("no fused optimiser step here (%s); using the foreach implementation", err)
         return build()
 
 
