@@ -16,6 +16,7 @@ and writes into the output folder as it goes:
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -23,7 +24,8 @@ import torch
 
 from core.atomic import write_json
 from core.cache import CacheStats
-from core.errors import Cancelled, ModelError
+from core.errors import ModelError
+from core.lifecycle import RunStatus, final_status
 from core.prepare import Member, Prepared, check_output_dir, config_fingerprint, prepare, teacher_spec  # noqa: F401
 from core.runlog import log_event, run_log
 from core.results import CacheCounts, DatasetInfo, DiagnosticsHeader, RunResults
@@ -31,6 +33,8 @@ from core.stages import (GALLERY_SIZE, TrainedTeachers, comparison_stage, diagno
                          ensemble_stage, save_test_outputs, student_stage, teacher_disagreement, teacher_stage,
                          teaching_stage, train_teacher)
 from core.train import CancelToken, Event, EventBus
+
+log = logging.getLogger(__name__)
 
 FALLBACK_SCHEME = "mean_logit"  # fits nothing, so it always works; the cross-entropy centroid
 
@@ -133,11 +137,13 @@ def _run_stages(prep: Prepared, out: Path, events: EventBus, cancel: CancelToken
         save("comparison", "done")
         events.emit(Event("stage", "run", message="done", metrics={"seconds": results.seconds}))
         return results
-    except Cancelled:
-        save(status="cancelled")
-        raise
-    except Exception:
-        save(status="failed")
+    except BaseException as err:  # Ctrl-C included: the stages done so far are kept, with the reason
+        status, error = final_status(err, shutting_down=False)
+        save(status=status.value)
+        if status is RunStatus.CANCELLED:
+            events.emit(Event("cancelled", "run", message=f"stopped after: {', '.join(results.stages_done) or 'nothing'}"))
+        else:
+            log.warning("run %s ended %s: %s", prep.cfg.name, status.value, error)
         raise
     finally:
         writer.close()

@@ -202,8 +202,9 @@ def fit(model: nn.Module, task: Task, data: Any, cfg: TrainConfig, *, source: st
                     "seconds": result.seconds, "epochs": cfg.epochs})
             events.emit(Event("epoch", source, step=step, epoch=epoch + 1,
                               metrics={k: v for k, v in row.items() if k != "epoch"}))
-    except Cancelled:
-        events.emit(Event("cancelled", source, step=step, message="cancelled by user"))
+    except (Cancelled, KeyboardInterrupt) as err:
+        why = "cancelled by user" if isinstance(err, Cancelled) else "interrupted (Ctrl-C)"
+        events.emit(Event("cancelled", source, step=step, message=why))
         raise
     except Exception as err:
         events.emit(Event("failed", source, step=step, message=f"{type(err).__name__}: {err}"))
