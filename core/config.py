@@ -206,21 +206,46 @@ def validate(raw: dict[str, Any]) -> RunConfig:
 def read_file(path: str | Path) -> dict[str, Any]:
     """Read a TOML or YAML config file into a dict."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError("config", f"file '{path}' does not exist", "give the path of a .toml or .yaml file")
+    if not path.is_file():
+        what = "a folder" if path.is_dir() else "not a regular file"
+        raise ConfigError("config", f"'{path}' is {what}", "give the path of a .toml or .yaml file")
     try:
         text = path.read_text()
         if path.suffix.lower() == ".toml":
             data = tomllib.loads(text)
         else:
             data = yaml.safe_load(text)
+    except OSError as err:
+        raise ConfigError("config", f"'{path}' cannot be read ({err.strerror or err})",
+                          "check the file's permissions") from None
     except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError) as err:
-        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError("config", f"'{path}' cannot be parsed ({first_line})",
+        raise ConfigError("config", f"'{path}' cannot be parsed: {syntax_error_text(err)}",
                           "check its TOML/YAML syntax") from None
     if not isinstance(data, dict):
         raise ConfigError("config", f"'{path}' does not hold a mapping", "write key: value pairs")
     return data
+
+
+def syntax_error_text(err: Exception) -> str:
+    """The parser's own cause and position, on one line: `found character '\\t' ... at line 3, column 1`.
+
+    PyYAML keeps the cause in `problem` and a 0-based `problem_mark`; its str() starts with the
+    context ("while scanning for the next token"), which alone says nothing. tomllib puts the
+    cause and position in its message ("Invalid value (at line 2, column 9)").
+    """
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem:
+        text = err.problem
+        mark = err.problem_mark or err.context_mark
+        if mark is not None:
+            text += f" at line {mark.line + 1}, column {mark.column + 1}"
+        if err.context:
+            text += f" ({err.context})"
+        return text
+    if isinstance(err, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {err.start})"
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def list_presets() -> list[str]:

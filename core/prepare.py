@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from core.device import resolve_device
 from core.distill import kd_loss_doc
 from core.ensemble import fits_on_val
 from core.errors import ConfigError, OutputError
+from core.folders import probe_folder
 from core.models import ModelSpec, build_model, model_card
 from core.students import student_spec
 
@@ -78,14 +78,7 @@ def _unique_labels(teachers: list[TeacherConfig]) -> list[str]:
 def check_output_dir(out: Path, cfg: RunConfig) -> None:
     """Refuse an output folder that cannot be written or that holds a different run."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputError("--out", f"'{out}' is a file, not a folder", "give a folder path")
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise OutputError("--out", f"'{out}' cannot be created or written ('{probe}' is not a "
-                          "writable folder)", "choose a folder you can write to")
+    probe_folder(out, "--out")
     saved = out / "config.yaml"
     if saved.is_file():
         try:

@@ -53,3 +53,62 @@ def test_ctrl_c_records_the_cancel_in_events_and_results(tmp_path):
     from core.store import RunStore
     [run_id] = RunStore(store).run_ids()
     assert RunStore(store).get_run(run_id).status == "cancelled"
+
+
+def cli(*args: str):
+    from click.testing import CliRunner
+
+    from core.cli import main
+    return CliRunner().invoke(main, list(args))
+
+
+@pytest.mark.parametrize("command", ["run", "sweep"])
+@pytest.mark.parametrize("folder", ["/proc/kdlab-out", "/proc/kdlab/deeper", "/sys/kdlab-out"])
+def test_an_output_folder_that_cannot_be_created_is_refused_before_anything_is_recorded(tmp_path, command, folder):
+    if not Path(folder).parts[1] or not Path("/" + Path(folder).parts[1]).is_dir():
+        pytest.skip(f"no {folder.split('/')[1]} here")
+    store = tmp_path / "store"
+    grid = ["--grid", "distill.alpha=0.5,1"] if command == "sweep" else ["--store", str(store)]
+    result = cli(command, "--preset", "digits-demo", *grid, "--out", folder)
+    assert result.exit_code == 2, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: --out:") and folder in last and "cannot be created or written" in last
+    assert "Traceback" not in result.output
+    if store.exists():
+        from core.store import RunStore
+        assert RunStore(store).run_ids() == []  # an input error never becomes a store row
+
+
+def test_the_probe_leaves_no_folder_behind(tmp_path):
+    from core.errors import OutputError
+    from core.folders import probe_folder
+    probe_folder(tmp_path / "a" / "b" / "c")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="is a file"):
+        probe_folder(tmp_path / "file")
+    with pytest.raises(OutputError, match="is a file, not a folder"):
+        probe_folder(tmp_path / "file" / "below")
+
+
+@pytest.mark.parametrize("name, text, cause", [
+    ("tabs.yaml", "name: x\ntrain:\n\tepochs: 3\n",
+     "found character '\\t' that cannot start any token at line 3, column 1"),
+    ("open.yaml", "teachers: [{model: resnet18}\nname: x\n", "expected ',' or ']', but got '<scalar>' at line 2, column 1"),
+    ("bad.toml", 'name = "x"\n[train]\nepochs = \n', "Invalid value (at line 3, column 10)"),
+])
+def test_config_syntax_errors_keep_the_parsers_cause_and_position(tmp_path, name, text, cause):
+    path = tmp_path / name
+    path.write_text(text)
+    result = cli("show-config", str(path))
+    assert result.exit_code == 2
+    assert cause in result.output and str(path) in result.output
+
+
+def test_a_config_path_that_is_not_a_file_says_what_it_is(tmp_path):
+    from core import config
+    from core.errors import ConfigError
+    with pytest.raises(ConfigError, match="is a folder"):
+        config.read_file(tmp_path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        config.read_file(tmp_path / "missing.yaml")
