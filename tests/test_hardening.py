@@ -112,3 +112,69 @@ def test_a_config_path_that_is_not_a_file_says_what_it_is(tmp_path):
         config.read_file(tmp_path)
     with pytest.raises(ConfigError, match="does not exist"):
         config.read_file(tmp_path / "missing.yaml")
+
+
+def write_pngs(folder: Path, n: int, colour: tuple[int, int, int]) -> None:
+    from PIL import Image
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (12, 12), colour).save(folder / f"img{i}.png")
+
+
+def load_folder(root: Path, **kwargs):
+    import torch
+
+    from core.config import DataConfig
+    from core.data import load_data
+    return load_data(DataConfig(name="imagefolder", root=str(root), image_size=8, **kwargs), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("link, target", [
+    ("zloop", "."),                 # the root itself: a class of every image
+    ("cats/again", "."),            # the root, from inside a class folder
+    ("dogs/cats", "../cats"),       # another class, inside the root
+    ("up", ".."),                   # above the root
+])
+def test_a_link_into_the_data_root_is_refused_by_name(tmp_path, link, target):
+    from core.errors import DataError
+    root = tmp_path / "root"
+    write_pngs(root / "cats", 8, (250, 10, 10))
+    write_pngs(root / "dogs", 8, (10, 10, 250))
+    (root / link).symlink_to(target, target_is_directory=True)
+    with pytest.raises(DataError) as err:
+        load_folder(root)
+    assert err.value.field == "data.root" and str(root / link) in str(err.value) and "symbolic link" in str(err.value)
+
+
+def test_a_linked_class_folder_elsewhere_is_a_class(tmp_path):
+    write_pngs(tmp_path / "disk" / "birds", 8, (10, 250, 10))
+    root = tmp_path / "root"
+    write_pngs(root / "cats", 8, (250, 10, 10))
+    (root / "birds").symlink_to(tmp_path / "disk" / "birds", target_is_directory=True)
+    bundle = load_folder(root)
+    assert bundle.class_names == ["birds", "cats"] and len(bundle.train) + len(bundle.val) + len(bundle.test) == 16
+
+
+def test_the_same_image_reached_twice_is_refused(tmp_path):
+    from core.errors import DataError
+    root = tmp_path / "root"
+    write_pngs(root / "cats", 8, (250, 10, 10))
+    write_pngs(root / "dogs", 8, (10, 10, 250))
+    (root / "dogs" / "stray.png").symlink_to(root / "cats" / "img0.png")
+    with pytest.raises(DataError, match="same image file is reached as"):
+        load_folder(root)
+    (root / "dogs" / "stray.png").unlink()
+    os.link(root / "cats" / "img1.png", root / "dogs" / "hard.png")
+    with pytest.raises(DataError, match="hard.png"):
+        load_folder(root)
+
+
+def test_a_class_missing_from_a_split_is_refused_by_name(tmp_path):
+    from core.errors import DataError
+    root = tmp_path / "root"
+    write_pngs(root / "many", 40, (250, 10, 10))
+    write_pngs(root / "few", 2, (10, 10, 250))  # 2 images cannot fill train, val and test
+    with pytest.raises(DataError) as err:
+        load_folder(root)
+    assert "'few'" in str(err.value) and "split has no image of class" in str(err.value)
+    assert err.value.field in ("data.test_fraction", "data.val_fraction")

@@ -48,6 +48,23 @@ def _plan(src: SourceData, cfg: DataConfig) -> dict[str, tuple[torch.Tensor, tor
             "test": (src.x, src.y, pool[test_rows])}
 
 
+def _check_classes(plan: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]], class_names: list[str],
+                   official_test: bool) -> None:
+    """Every class has at least one image in every split (sizes alone pass with a class missing)."""
+    _check_sizes({k: int(rows.numel()) for k, (_, _, rows) in plan.items()}, len(class_names), official_test)
+    fields = {"test": "data.limit" if official_test else "data.test_fraction", "val": "data.val_fraction",
+              "train": "data.val_fraction"}
+    for name in ("test", "val", "train"):
+        _, y, rows = plan[name]
+        counts = torch.bincount(y[rows].long(), minlength=len(class_names))
+        missing = [class_names[i] for i in (counts == 0).nonzero().flatten().tolist()]
+        if missing:
+            shown = ", ".join(f"'{c}'" for c in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise DataError(fields[name], f"the {name} split has no image of class {shown} (every split needs at "
+                            "least one per class)", "add images of that class, or raise "
+                            f"{fields[name] if name != 'train' else 'the share of train (lower data.val_fraction)'}")
+
+
 def _check_sizes(sizes: dict[str, int], num_classes: int, official_test: bool) -> None:
     more = "or use more images (data.limit, or data.count for shapes)"
     fixes = {
@@ -78,8 +95,7 @@ def load_data(cfg: DataConfig, device: torch.device | str = "cpu") -> DataBundle
     src = get_loader(cfg.name)(cfg)
     num_classes = len(src.class_names)
     plan = _plan(src, cfg)
-    _check_sizes({k: int(rows.numel()) for k, (_, _, rows) in plan.items()}, num_classes,
-                 src.has_official_test)
+    _check_classes(plan, list(src.class_names), src.has_official_test)
 
     in_chans = int(src.x.shape[1])
     size = cfg.image_size

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,30 @@ def _image_suffixes() -> set[str]:
     return {ext.lower() for ext in Image.registered_extensions()}
 
 
+def _check_link(path: Path, root: Path) -> None:
+    """Refuse a symbolic link that resolves to the data root, inside it or above it.
+
+    Such a link reaches images that are already in the root (`ln -s . root/loop` would make a class
+    of every image, and put one image in two classes and possibly in both train and test). A link
+    to a folder elsewhere (a data disk) is fine.
+    """
+    target = path.resolve()
+    if target == root or root in target.parents or target in root.parents:
+        where = "the data root itself" if target == root else "inside the data root" if root in target.parents \
+            else "above the data root"
+        raise DataError("data.root", f"'{path}' is a symbolic link to '{target}', {where}: its images would "
+                        "be read twice", "remove the link, or put the images themselves there")
+
+
 def _class_dirs(root: Path) -> list[Path]:
     if not root.is_dir():
         raise DataError("data.root", f"folder '{root}' does not exist",
                         "set data.root to a folder with one sub-folder of images per class")
+    resolved = root.resolve()
     dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for p in dirs:
+        if p.is_symlink():
+            _check_link(p, resolved)
     if not dirs:
         raise DataError("data.root", f"'{root}' has no class sub-folders",
                         "put the images of each class in their own sub-folder of data.root")
@@ -33,6 +53,29 @@ def _class_dirs(root: Path) -> list[Path]:
         raise DataError("data.root", f"'{root}' has only one class sub-folder ('{dirs[0].name}')",
                         "add a sub-folder of images for at least one more class")
     return dirs
+
+
+def _image_files(folder: Path, root: Path, suffixes: set[str]) -> list[Path]:
+    """Image files below a class folder, sorted; links into the root refused, no folder walked twice."""
+    found: list[Path] = []
+    seen_dirs: set[tuple[int, int]] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        here = Path(dirpath)
+        st = here.stat()
+        if (st.st_dev, st.st_ino) in seen_dirs:  # a link loop outside the root: walk each folder once
+            dirnames[:] = []
+            continue
+        seen_dirs.add((st.st_dev, st.st_ino))
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for d in dirnames:
+            if (here / d).is_symlink():
+                _check_link(here / d, root)
+        for name in filenames:
+            path = here / name
+            if name.startswith(".") or path.suffix.lower() not in suffixes or not path.is_file():
+                continue
+            found.append(path)
+    return sorted(found)
 
 
 def _read(path: Path, size: int) -> tuple[np.ndarray, bool]:
@@ -68,13 +111,19 @@ def load_imagefolder(cfg: DataConfig) -> SourceData:
     labels: list[int] = []
     all_grey = True
     dirs = _class_dirs(root)
+    first_seen: dict[tuple[int, int], Path] = {}  # (device, inode) -> the path that reached the file first
     for label, folder in enumerate(dirs):
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
-                       and not p.name.startswith("."))
+        files = _image_files(folder, root.resolve(), suffixes)
         if not files:
             raise DataError("data.root", f"class folder '{folder}' has no images",
                             "add images (png, jpg, ...) to it or remove the folder")
         for path in files:
+            st = path.stat()
+            earlier = first_seen.setdefault((st.st_dev, st.st_ino), path)
+            if earlier != path:
+                raise DataError("data.root", f"the same image file is reached as '{earlier}' and as '{path}' "
+                                "(a link or a hard link)", "keep one of them, so each image has one class and "
+                                "one split")
             arr, grey = _read(path, cfg.image_size)
             images.append(arr)
             labels.append(label)
