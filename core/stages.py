@@ -89,6 +89,11 @@ class TrainedTeachers:
         return {split: torch.stack([z[split] for z in self.logits]) for split in SPLITS}
 
 
+def chance_accuracy(y: torch.Tensor, num_classes: int) -> float:
+    """Accuracy of always predicting the most frequent class of `y`: what a model that learned nothing gets."""
+    return float(torch.bincount(y.long().cpu(), minlength=num_classes).max()) / max(int(y.numel()), 1)
+
+
 def teacher_stage(prep: Prepared, out: Path, events: EventBus, cancel: CancelToken, stats: CacheStats,
                   warn: Callable[[str], None]) -> TrainedTeachers:
     """Train (or resume) every teacher draw and cache its logits; a diverged draw is left out with a warning."""
@@ -103,6 +108,11 @@ def teacher_stage(prep: Prepared, out: Path, events: EventBus, cancel: CancelTok
                 trained.dropped.append(DroppedTeacher(name=m.label, seed=s, error=str(err)))
                 warn(f"teachers.{m.index}: draw {s} of {m.label} left out of the ensemble: {err}")
                 continue
+            chance = chance_accuracy(prep.data.val.y, prep.data.num_classes)
+            if entry.val_acc is not None and entry.val_acc <= chance + 1.0 / max(len(prep.data.val), 1):
+                warn(f"teachers.{m.index}: draw {s} of {m.label} is at chance level on val (accuracy "
+                     f"{entry.val_acc:.3f}, chance {chance:.3f}): it learned nothing; lower train.lr (now "
+                     f"{prep.cfg.train.lr:g}) or train longer (train.epochs)")
             trained.entries.append(entry)
             trained.models.setdefault(m.label, model)
             trained.draws.append((model, entry.weights_hash))

@@ -178,3 +178,63 @@ def test_a_class_missing_from_a_split_is_refused_by_name(tmp_path):
         load_folder(root)
     assert "'few'" in str(err.value) and "split has no image of class" in str(err.value)
     assert err.value.field in ("data.test_fraction", "data.val_fraction")
+
+
+TINY_RUN = ["data.name=shapes", "data.count=200", "data.image_size=16", "train.epochs=2", "train.batch_size=32",
+            "teachers=[{model: test_resnet}]", "student.model=test_byobnet", "student.width=null",
+            "student.seeds=1", "distill.teaching=cached"]
+
+
+def test_a_teacher_at_chance_level_is_warned(tmp_path):
+    from core import config
+    from core.pipeline import prepare, run_experiment
+    results = run_experiment(prepare(config.load(overrides=TINY_RUN + ["train.lr=10"]), tmp_path), tmp_path)
+    [warning] = [w for w in results.warnings if "chance level" in w]
+    assert warning.startswith("teachers.0: draw 0 of test_resnet") and "train.lr (now 10)" in warning
+    sane = run_experiment(prepare(config.load(overrides=TINY_RUN + ["train.epochs=4"]), tmp_path / "ok"),
+                          tmp_path / "ok")
+    assert not [w for w in sane.warnings if "chance level" in w]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_weights_file_with_non_finite_values_fails_before_training(tmp_path, bad):
+    import torch
+    from safetensors.torch import save_file
+
+    from core import config
+    from core.errors import ModelError
+    from core.models import ModelSpec, build_model
+    from core.pipeline import prepare
+    state = build_model(ModelSpec("test_resnet"), 4, 1).state_dict()
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = state[key].clone().fill_(bad)
+    save_file(state, str(tmp_path / "w.safetensors"))
+    cfg = config.load(overrides=TINY_RUN + [f"teachers=[{{model: test_resnet, weights_file: '{tmp_path / 'w.safetensors'}'}}]"])
+    with pytest.raises(ModelError) as err:
+        prepare(cfg, tmp_path / "out")
+    assert err.value.field == "teachers.0.weights_file" and "non-finite" in str(err.value) and key in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_refused_torch_checkpoint_names_its_cause_in_full(tmp_path):
+    import datetime
+
+    import torch
+
+    from core.errors import ModelError
+    from core.models.weights import read_state_dict
+    torch.save({"state_dict": torch.nn.Linear(2, 2).state_dict(), "when": datetime.date(2020, 1, 1)}, tmp_path / "c.pth")
+    with pytest.raises(ModelError) as err:
+        read_state_dict(tmp_path / "c.pth", "teachers.0.weights_file")
+    text = str(err.value)
+    assert "datetime.date" in text and "refuses to unpickle" in text and "Re-running" not in text
+    with pytest.raises(ModelError, match="is a folder"):
+        read_state_dict(tmp_path, "teachers.0.weights_file")
+
+
+def test_shorten_cuts_at_a_sentence_or_a_word():
+    from core.models.weights import shorten
+    first = "A first sentence of " + "many " * 25 + "words."
+    assert shorten(first + " " + "word " * 60) == first  # cut where a sentence ends
+    cut = shorten("x" * 5 + " " + "abcdefgh " * 40)
+    assert cut.endswith("...") and len(cut) <= 200 and cut[:-3].endswith("abcdefgh")  # whole words only

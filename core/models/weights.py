@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import socket
 import sys
 import threading
@@ -44,15 +45,30 @@ class LoadReport:
     head_reset: bool
 
 
+def shorten(text: str, limit: int = 200) -> str:
+    """`text` cut to `limit` characters at a sentence end (or a word, with '...'), never mid-word."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(". ", 0, limit)
+    if cut >= limit // 2:
+        return text[:cut + 1]
+    return text[:text.rfind(" ", 0, limit - 3)].rstrip(" ,;:") + "..."
+
+
 def one_line(err: BaseException) -> str:
-    """The first line of an exception's text, short enough for a one-line message."""
+    """The cause of an exception in one line, short enough for a one-line message."""
     text = str(err).strip()
-    # torch's weights_only failures open with a long generic paragraph; the cause follows this marker
+    # torch's weights_only refusal opens with a long generic paragraph; the cause is the global it met
+    unsupported = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if unsupported:
+        return (f"it stores a {unsupported.group(1)} object, which a weights-only load refuses to unpickle, "
+                "so nothing in it was run")
     marker = "WeightsUnpickler error:"
     if marker in text:
         text = text.split(marker, 1)[1].strip()
-    line = (text.splitlines() or [type(err).__name__])[0].strip()
-    return line[:160] or type(err).__name__
+    line = (text.splitlines() or [""])[0].strip()
+    return shorten(line) or type(err).__name__
 
 
 def _read_any(path: Path) -> Any:
@@ -101,8 +117,11 @@ def _unwrap(obj: Any) -> dict[str, Tensor]:
 def read_state_dict(path: str | os.PathLike[str], field: str) -> dict[str, Tensor]:
     """Tensors of a safetensors file or a (timm/torch) checkpoint, or a one-line ModelError."""
     path = Path(path).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise ModelError(field, f"weights file '{path}' does not exist", _FIX)
+    if not path.is_file():
+        what = "a folder" if path.is_dir() else "not a regular file"
+        raise ModelError(field, f"weights file '{path}' is {what}", _FIX)
     try:
         obj = _read_any(path)
     except Exception as err:  # noqa: BLE001 - corrupt, truncated or foreign files all land here
@@ -112,7 +131,17 @@ def read_state_dict(path: str | os.PathLike[str], field: str) -> dict[str, Tenso
     state_dict = _unwrap(obj)
     if not state_dict:
         raise ModelError(field, f"'{path.name}' holds no tensors", _FIX)
+    check_finite(state_dict, field, path.name)
     return state_dict
+
+
+def check_finite(state_dict: Mapping[str, Tensor], field: str, name: str) -> None:
+    """Refuse weights holding NaN or inf: training from them diverges at its first step."""
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 1} other tensor(s)" if len(bad) > 1 else ""
+        raise ModelError(field, f"'{name}' holds non-finite values (NaN or inf) in {bad[0]}{more}",
+                         "re-save the weights of a model that did not diverge")
 
 
 def _cfg_names(model: nn.Module, key: str) -> tuple[str, ...]:
