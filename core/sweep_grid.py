@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ import yaml
 from core import config as config_mod
 from core.config import RunConfig
 from core.errors import ConfigError, OutputError
+
+log = logging.getLogger(__name__)
 
 # Axes a sweep may vary: they change the students only, so the teachers and their cache stay valid.
 SWEEPABLE_PREFIXES = ("distill.", "student.")
@@ -33,6 +36,14 @@ class Axis:
 
     field: str
     values: tuple[Any, ...]
+    dropped: tuple[Any, ...] = ()  # values given more than once, trained once
+
+    def warning(self) -> str | None:
+        """What was dropped, in words, or None."""
+        if not self.dropped:
+            return None
+        shown = ", ".join(str(v) for v in self.dropped)
+        return f"--grid {self.field}: {shown} given more than once; each value is trained once"
 
 
 def check_axis_field(name: str) -> None:
@@ -53,10 +64,21 @@ def parse_axis(text: str) -> Axis:
                           "write e.g. --grid distill.temperature=1,2,4")
     name, values = (part.strip() for part in text.split("=", 1))
     check_axis_field(name)
-    parsed = tuple(config_mod.parse_value(v.strip()) for v in values.split(",") if v.strip())
+    parsed = [config_mod.parse_value(v.strip()) for v in values.split(",") if v.strip()]
     if not parsed:
         raise ConfigError(name, "the axis has no values", f"write e.g. --grid {name}=1,2")
-    return Axis(name, parsed)
+    unique: list[Any] = []
+    dropped: list[Any] = []
+    seen: set[str] = set()
+    for value in parsed:  # 2 and 2.0 (the same config) are one value; 1 and true are not
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        key = repr(float(value)) if number else json.dumps(value, sort_keys=True)
+        (dropped if key in seen else unique).append(value)
+        seen.add(key)
+    axis = Axis(name, tuple(unique), tuple(dropped))
+    if axis.dropped:
+        log.warning(axis.warning())
+    return axis
 
 
 def grid_points(axes: list[Axis]) -> list[dict[str, Any]]:

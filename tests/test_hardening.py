@@ -238,3 +238,13 @@ def test_shorten_cuts_at_a_sentence_or_a_word():
     assert shorten(first + " " + "word " * 60) == first  # cut where a sentence ends
     cut = shorten("x" * 5 + " " + "abcdefgh " * 40)
     assert cut.endswith("...") and len(cut) <= 200 and cut[:-3].endswith("abcdefgh")  # whole words only
+
+
+def test_a_value_given_twice_on_a_grid_axis_is_trained_once(caplog):
+    from core.sweep_grid import grid_points, parse_axis
+    with caplog.at_level("WARNING", logger="core.sweep_grid"):
+        axis = parse_axis("distill.alpha=0.5,0.5,1,1.0,0.9")
+    assert axis.values == (0.5, 1, 0.9) and axis.dropped == (0.5, 1.0)
+    assert len(grid_points([axis])) == 3
+    assert "distill.alpha: 0.5, 1.0 given more than once" in caplog.text
+    assert parse_axis("distill.loss=hinton,dkd").warning() is None
