@@ -248,3 +248,21 @@ def test_a_value_given_twice_on_a_grid_axis_is_trained_once(caplog):
     assert len(grid_points([axis])) == 3
     assert "distill.alpha: 0.5, 1.0 given more than once" in caplog.text
     assert parse_axis("distill.loss=hinton,dkd").warning() is None
+
+
+@pytest.mark.parametrize("content, what", [
+    ("{}", "axes"), ("[]", "not a mapping"), ('{"axes": [], "best": null, "rows": [{"point": "x"}]}', "rows.0"),
+    ("{broken", "not valid JSON"),
+])
+def test_a_malformed_sweep_file_is_named_on_the_compare_page(tmp_path, content, what):
+    from streamlit.testing.v1 import AppTest
+    folder = tmp_path / "sweep-bad"
+    folder.mkdir()
+    (folder / "sweep.json").write_text(content)
+    (folder / "config.yaml").write_text((ROOT / "tests" / "fixtures" / "config_v1.yaml").read_text())
+    at = AppTest.from_file(str(ROOT / "dashboard" / "views" / "compare.py"), default_timeout=60)
+    at.run()
+    at.text_input(key="sweep_dir").set_value(str(folder)).run()
+    assert not at.exception, at.exception
+    errors = [e.value for e in at.error]
+    assert any(what in e and "sweep.json" in e for e in errors), errors
