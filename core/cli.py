@@ -1,23 +1,108 @@
-"""`kdlab` command line: the engine without the dashboard, for reproducible runs and sweeps."""
+"""`kdlab` command line: the engine without the dashboard, for reproducible runs and sweeps.
+
+A KdlabError from any command is printed as `error: <one line>` on stderr with exit status 2 (see
+`KdlabGroup`); Ctrl-C stops a run or a sweep with its checkpoints kept and exit status 130.
+"""
 
 from __future__ import annotations
 
+import logging
 import sys
+from contextlib import nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 import click
 
 from core import config as config_mod
 from core.errors import Cancelled, KdlabError
-from core.report import format_table
-from core.store import (DEFAULT_DIR, ENV_VAR, RUN_STATUSES, Heartbeat, RunStore, StoreRecorder,
-                        default_data_dir, expected_trainings, new_run_id)
+from core.lifecycle import RunStatus, check_resumable, one_line
+from core.store import (DEFAULT_DIR, ENV_VAR, RunStore, default_data_dir, expected_trainings, new_run_id,
+                        record_run)
+from core.tables import Column, as_dict, fixed, mega, millions, minutes, percent, text_table
+
+if TYPE_CHECKING:  # pandas is imported by the store where a frame is built: `kdlab presets` need not pay for it
+    import pandas as pd
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+STORE_HELP = f"Run store folder (default ${ENV_VAR} or ./{DEFAULT_DIR})."
+SET_HELP = "Override a config value, e.g. --set train.epochs=5 --set teachers.0.model=resnet18."
+EXIT_ERROR = 2        # bad input, as click's own usage errors
+EXIT_CANCELLED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 
-def _fail(err: KdlabError) -> None:
-    click.echo(f"error: {err}", err=True)
-    sys.exit(2)
+class KdlabGroup(click.Group):
+    """The command group: every KdlabError a command raises becomes one line on stderr and exit 2."""
 
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KdlabError as err:
+            click.echo(f"error: {one_line(err)}", err=True)
+            ctx.exit(EXIT_ERROR)
+
+
+# -- options used by several commands ------------------------------------------------------------
+
+def config_source(set_help: str = SET_HELP) -> Callable[[F], F]:
+    """The config a command reads: an optional CONFIG_FILE, --preset and repeated --set."""
+    def decorate(fn: F) -> F:
+        fn = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=set_help)(fn)
+        fn = click.option("--preset", "preset_name", help="A bundled preset (see `kdlab presets`).")(fn)
+        return click.argument("config_file", required=False, type=click.Path(dir_okay=False))(fn)
+    return decorate
+
+
+def store_option(help: str = STORE_HELP) -> Callable[[F], F]:
+    """--store: the run store's folder."""
+    return click.option("--store", "store_dir", type=click.Path(file_okay=False), help=help)
+
+
+quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
+
+
+def _load(config_file: str | None, preset_name: str | None, overrides: Iterable[str]) -> config_mod.RunConfig:
+    return config_mod.load(config_file, preset_name, list(overrides))
+
+
+def _data_dir(store_dir: str | None) -> Path:
+    return Path(store_dir) if store_dir else default_data_dir()
+
+
+# -- logging -------------------------------------------------------------------------------------
+
+class _StderrHandler(logging.StreamHandler):
+    """A handler writing to whatever sys.stderr is now (click's test runner swaps it per invocation)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr  # emit runs under the handler's lock
+        super().emit(record)
+
+
+class _Formatter(logging.Formatter):
+    """`warning: message`, like the CLI's other messages (with the logger's name when verbose)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record = logging.makeLogRecord(record.__dict__)
+        record.levelname = record.levelname.lower()
+        return super().format(record)
+
+
+def configure_logging(verbose: bool) -> None:
+    """Log the `core` packages to stderr: DEBUG with --verbose, else WARNING and above."""
+    logger = logging.getLogger("core")
+    for handler in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+        logger.removeHandler(handler)  # a second invocation in one process (tests) replaces the first's
+    level = logging.DEBUG if verbose else logging.WARNING
+    handler = _StderrHandler()
+    handler.setFormatter(_Formatter("%(levelname)s %(name)s: %(message)s" if verbose else "%(levelname)s: %(message)s"))
+    handler.setLevel(level)  # the logger may be lowered for a run's own log file; the terminal keeps this level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+
+
+# -- output --------------------------------------------------------------------------------------
 
 class ProgressBars:
     """Event subscriber drawing one tqdm bar per model being trained (on stderr)."""
@@ -51,76 +136,61 @@ class ProgressBars:
             self._bar = None
 
 
-def format_teacher_table(teachers: list[dict]) -> str:
-    """A plain-text table of teacher results."""
-    header = f"{'teacher':<26}{'seed':>5}{'params':>10}{'MFLOPs':>9}{'test acc':>10}{'test nll':>10}{'train s':>9}"
-    lines = [header, "-" * len(header)]
-    for t in teachers:
-        lines.append(f"{t['name']:<26}{t['seed']:>5}{t['params'] / 1e6:>9.2f}M{t['flops'] / 1e6:>9.1f}"
-                     f"{t['test_acc']:>10.4f}{t['test_nll']:>10.4f}{t['train_seconds']:>9.1f}")
-    return "\n".join(lines)
+def format_teacher_table(teachers: Iterable[Any]) -> str:
+    """A plain-text table of teacher results (TeacherEntry models or dicts)."""
+    return text_table(teachers, [
+        Column("teacher", "name", left=True),
+        Column("seed", "seed"),
+        Column("params", "params", millions),
+        Column("MFLOPs", "flops", mega),
+        Column("test acc", "test_acc", fixed(4)),
+        Column("test nll", "test_nll", fixed(4)),
+        Column("train s", "train_seconds", fixed(1)),
+    ])
 
 
-def _recovery_text(recovery: dict) -> str:
-    if recovery.get("of_means") is None:
-        return "undefined (the ensemble is not more accurate than the scratch student)"
-    text = f"{recovery['of_means']:.2f} of the means"
-    if recovery.get("mean") is not None:
-        text += f"; per seed {recovery['mean']:.2f} +- {recovery['std']:.2f} (n={recovery['n']})"
-    return text
+def format_runs(df: pd.DataFrame) -> str:
+    """A plain-text table of runs: id, name, status, progress, created, KD student test accuracy."""
+    return text_table(df.to_dict("records"), [
+        Column("id", "id", left=True),
+        Column("name", "name", left=True),
+        Column("status", "status", left=True),
+        Column("progress", "progress", percent),
+        Column("created", "created", minutes, left=True),
+        Column("kd test acc", "kd_test_acc", fixed(4)),
+    ])
 
 
-def _teaching_text(teaching: dict) -> str:
-    if teaching["mode"] == "views":
-        return f"{teaching['views']['views']} cached views"
-    return f"{teaching['mode']} teachers" if teaching["mode"] == "live" else "plain logit cache"
+# -- commands ------------------------------------------------------------------------------------
 
-
-def _diagnostics_text(diag: dict) -> str:
-    """One line: the cross-entropy decomposition of the logit-average ensemble on test."""
-    if "combiners" not in diag:
-        return f"diagnostics: {diag.get('error', 'not computed')}"
-    t = diag["combiners"]["mean_logit"]["terms"]
-    text = (f"mean_logit test loss {t['loss']:.4f} = member loss {t['member_loss']:.4f} - diversity "
-            f"{t['diversity']:.4f}")
-    if t.get("bias") is not None:
-        text += f" (bias {t['bias']:.4f} + variance {t['variance']:.4f})"
-    return text
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=KdlabGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kdlab")
-def main() -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Log what kdlab does (debug messages) on stderr.")
+def main(verbose: bool) -> None:
     """kdlab: ensemble image classifiers and distil the ensemble into one small student."""
+    configure_logging(verbose)
 
 
 @main.command()
-@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
-@click.option("--preset", "preset_name", help="A bundled preset (see `kdlab presets`).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config value, e.g. --set train.epochs=5 --set teachers.0.model=resnet18.")
+@config_source()
 @click.option("--out", type=click.Path(),
               help="Folder for config, events and results (default: a new folder in the run store).")
-@click.option("--store", "store_dir", type=click.Path(file_okay=False),
-              help=f"Run store folder (default ${ENV_VAR} or ./{DEFAULT_DIR}).")
+@store_option()
 @click.option("--no-store", is_flag=True, help="Do not record the run in the run store (needs --out).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@quiet_option
 def run(config_file: str | None, preset_name: str | None, overrides: tuple[str, ...], out: str | None,
         store_dir: str | None, no_store: bool, quiet: bool) -> None:
     """Train the teachers of a config (file or preset) and write results into --out."""
     from core.pipeline import prepare
 
     if no_store and not out:
-        _fail(KdlabError("--out", "--no-store needs an output folder", "give --out DIR, or drop --no-store"))
-    try:
-        cfg = config_mod.load(config_file, preset_name, list(overrides))
-        data_dir = Path(store_dir) if store_dir else default_data_dir()
-        run_id = new_run_id(cfg.name)
-        out_dir = Path(out) if out else data_dir / run_id
-        prep = prepare(cfg, out_dir)
-        store = None if no_store else RunStore(data_dir)
-    except KdlabError as err:
-        _fail(err)
+        raise KdlabError("--out", "--no-store needs an output folder", "give --out DIR, or drop --no-store")
+    cfg = _load(config_file, preset_name, overrides)
+    data_dir = _data_dir(store_dir)
+    run_id = new_run_id(cfg.name)
+    out_dir = Path(out) if out else data_dir / run_id
+    prep = prepare(cfg, out_dir)
+    store = None if no_store else RunStore(data_dir)
     hint = "run the same command again to resume" if out else \
         f"resume with `kdlab resume {run_id}" + (f" --store {store_dir}`" if store_dir else "`")
     _run_prepared(prep, out_dir, store, run_id, quiet, hint)
@@ -139,57 +209,43 @@ def _run_prepared(prep, out: Path, store: RunStore | None, run_id: str, quiet: b
     click.echo(prep.decomposition_plan, err=True)
     for warning in prep.warnings:
         click.echo(f"warning: {warning}", err=True)
-    bars = ProgressBars(enabled=not quiet)
     cancel = CancelToken()
-    events = EventBus(bars)
-    recorder = heartbeat = None
+    events = EventBus(ProgressBars(enabled=not quiet))
+    recording = nullcontext(None)
     if store is not None:
-        try:
-            run_id = _record_start(store, cfg, out, run_id, resumed)
-        except KdlabError as err:
-            _fail(err)
+        run_id = _record_start(store, cfg, out, run_id, resumed)
         click.echo(f"run {run_id} in {store.data_dir}", err=True)
-        recorder = StoreRecorder(store, run_id, out, expected_trainings(cfg))
-        heartbeat = Heartbeat(store)
-        heartbeat.add(run_id, "running", recorder.flush)
-        events.subscribe(recorder)
-
-    def finish(status: str, results=None, error: str | None = None) -> None:
-        if store is None:
-            return
-        heartbeat.stop()
-        recorder.close()
-        try:
-            store.finish_run(run_id, status, results=results, error=error)
-        except KdlabError as err:
-            click.echo(f"warning: the run store was not updated: {err}", err=True)
-
+        recording = record_run(store, run_id, out, expected_trainings(cfg))
     try:
-        results = run_experiment(prep, out, events, cancel)
-    except KdlabError as err:
-        finish("failed", error=str(err))
-        _fail(err)
+        with recording as recorder:
+            if recorder is not None:
+                events.subscribe(recorder)
+            results = run_experiment(prep, out, events, cancel)
     except (Cancelled, KeyboardInterrupt):
         cancel.cancel()
-        finish("cancelled")
         click.echo(f"cancelled: checkpoints are kept; {resume_hint}", err=True)
-        sys.exit(130)
-    except Exception as err:
-        finish("failed", error=f"{type(err).__name__}: {err}")
-        raise
-    finish("done", results)
-    click.echo(format_teacher_table(results["teachers"]))
+        sys.exit(EXIT_CANCELLED)
+    _print_results(results, out, len(prep.warnings))
+
+
+def _print_results(results: Any, out: Path, warnings_shown: int) -> None:
+    """The teacher and comparison tables and the headline of a finished run (results as a model or a dict)."""
+    from core.report import format_table
+    from core.results import read_results
+
+    res = read_results(results)
+    click.echo(format_teacher_table(res.teachers))
     click.echo("")
-    click.echo(format_table(results["comparison"]))
-    summary = results["summary"]
-    recovery = summary["gain_recovery"]
-    click.echo(f"\nstudent/teacher params {summary['student_to_teacher_params']:.2f}x; distilled from "
-               f"ensemble/{summary['target_scheme']} ({_teaching_text(results['teaching'])}); "
-               f"gain recovery {_recovery_text(recovery)}")
-    click.echo(_diagnostics_text(results.get("diagnostics", {})))
-    for warning in results["warnings"][len(prep.warnings):]:
+    click.echo(format_table(res.comparison))
+    if res.summary is not None:
+        teaching = res.teaching.text() if res.teaching is not None else "unknown teaching"
+        click.echo(f"\nstudent/teacher params {res.summary.student_to_teacher_params:.2f}x; distilled from "
+                   f"ensemble/{res.summary.target_scheme} ({teaching}); gain recovery "
+                   f"{res.summary.gain_recovery.text()}")
+    click.echo(res.diagnostics.decomposition_text() if res.diagnostics is not None else "diagnostics: not computed")
+    for warning in res.warnings[warnings_shown:]:
         click.echo(f"warning: {warning}", err=True)
-    click.echo(f"\nresults: {Path(out) / 'results.json'}  ({results['seconds']:.1f} s)")
+    click.echo(f"\nresults: {Path(out) / 'results.json'}  ({res.seconds:.1f} s)")
 
 
 def _record_start(store: RunStore, cfg, out: Path, run_id: str, resumed: bool) -> str:
@@ -200,19 +256,16 @@ def _record_start(store: RunStore, cfg, out: Path, run_id: str, resumed: bool) -
         return run_id
     earlier = store.find_by_dir(out)
     if earlier is not None:
-        if earlier.status in ("queued", "running"):
+        if earlier.status in RunStatus.ACTIVE:
             raise KdlabError("--out", f"'{out}' is being written by run {earlier.id} ({earlier.status})",
                              "wait for it, or choose another --out folder")
         store.start_run(earlier.id)
         return earlier.id
-    return store.create_run(cfg, source="cli", status="running", run_id=run_id, run_dir=out)
+    return store.create_run(cfg, source="cli", status=RunStatus.RUNNING, run_id=run_id, run_dir=out)
 
 
 @main.command()
-@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
-@click.option("--preset", "preset_name", help="A bundled preset (see `kdlab presets`).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a base config value (teachers, data, train settings are fixed for the sweep).")
+@config_source("Override a base config value (teachers, data, train settings are fixed for the sweep).")
 @click.option("--grid", "grid", multiple=True, required=True, metavar="FIELD=V1,V2,...",
               help="A swept field and its values, e.g. --grid distill.temperature=1,2,4 (repeatable: the "
                    "grid is every combination). Fields: distill.*, student.*, ensemble.scheme.")
@@ -221,9 +274,8 @@ def _record_start(store: RunStore, cfg, out: Path, run_id: str, resumed: bool) -
 @click.option("--out", type=click.Path(),
               help="Folder for teachers, cache and sweep results (default: a new sweep-* folder in the run "
                    "store's folder, where the dashboard's Compare page lists it).")
-@click.option("--store", "store_dir", type=click.Path(file_okay=False),
-              help=f"Run store folder for the default --out (default ${ENV_VAR} or ./{DEFAULT_DIR}).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@store_option(f"Run store folder for the default --out (default ${ENV_VAR} or ./{DEFAULT_DIR}).")
+@quiet_option
 def sweep(config_file: str | None, preset_name: str | None, overrides: tuple[str, ...], grid: tuple[str, ...],
           seeds: int | None, out: str | None, store_dir: str | None, quiet: bool) -> None:
     """Student sweep: train the teachers once, then KD and scratch students for every grid point.
@@ -231,27 +283,26 @@ def sweep(config_file: str | None, preset_name: str | None, overrides: tuple[str
     Points are ranked by the distilled students' val accuracy; test accuracy, the paired KD - scratch
     gain and gain recovery are reported beside it (sweep.csv and sweep.json in --out).
     """
-    from core.sweep import format_sweep, grid_points, parse_axis, run_sweep
+    from core.sweep import format_sweep, run_sweep
+    from core.sweep_grid import check_grid, parse_axis
     from core.train import CancelToken, EventBus
 
-    try:
-        cfg = config_mod.load(config_file, preset_name, list(overrides))
-        axes = [parse_axis(g) for g in grid]
-        points = len(grid_points(axes))
-    except KdlabError as err:
-        _fail(err)
+    cfg = _load(config_file, preset_name, overrides)
+    axes = [parse_axis(g) for g in grid]
+    points = check_grid(cfg, axes, seeds)  # every point validated before the banner promises it
     n_seeds = seeds or cfg.student.seeds
     if out is None:
-        out = str((Path(store_dir) if store_dir else default_data_dir()) / f"sweep-{new_run_id(cfg.name)}")
+        out = str(_data_dir(store_dir) / f"sweep-{new_run_id(cfg.name)}")
     click.echo(f"kdlab sweep: {cfg.name}, {points} point(s) x {n_seeds} seed(s) into {out}; teachers trained "
                "once", err=True)
     cancel = CancelToken()
     events = EventBus(ProgressBars(enabled=not quiet))
 
-    def on_row(row) -> None:  # a core.results.sweep.SweepRow
-        val = "" if row.kd_val_acc is None else f" (val {row.kd_val_acc:.4f})"
-        click.echo(f"done: {row.point}: KD {row.kd_test_acc_mean:.4f} vs scratch "
-                   f"{row.scratch_test_acc_mean:.4f}{val}", err=True)
+    def on_row(row: Any) -> None:
+        r = as_dict(row)
+        val = "" if r["kd_val_acc"] is None else f" (val {r['kd_val_acc']:.4f})"
+        click.echo(f"done: {r['point']}: KD {r['kd_test_acc_mean']:.4f} vs scratch "
+                   f"{r['scratch_test_acc_mean']:.4f}{val}", err=True)
 
     def print_warning(event) -> None:
         if event.kind == "info" and event.message.startswith("warning: "):
@@ -260,75 +311,50 @@ def sweep(config_file: str | None, preset_name: str | None, overrides: tuple[str
     events.subscribe(print_warning)
     try:
         result = run_sweep(cfg, axes, Path(out), seeds, events, cancel, on_row)
-    except KdlabError as err:
-        _fail(err)
     except (Cancelled, KeyboardInterrupt):
         cancel.cancel()
         click.echo(f"cancelled: checkpoints are kept; resume with the same command and --out {out}", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_CANCELLED)
     click.echo(format_sweep(result))
     if result.best is not None:
-        best = result.rows[result.best]
-        sets = " ".join(f"--set {name}={best.value(name)}" for name in result.axes)
-        click.echo(f"\n* best by KD val accuracy: {best.point} (test {best.kd_test_acc_mean:.4f} +- "
-                   f"{best.kd_test_acc_std:.4f}); train it: kdlab run ... {sets}")
+        best = as_dict(result.rows[result.best])
+        sets = " ".join(f"--set {name}={best[name]}" for name in result.axes)
+        click.echo(f"\n* best by KD val accuracy: {best['point']} (test {best['kd_test_acc_mean']:.4f} +- "
+                   f"{best['kd_test_acc_std']:.4f}); train it: kdlab run ... {sets}")
     click.echo(f"results: {Path(out) / 'sweep.csv'}")
 
 
 @main.command()
 @click.argument("run_id")
-@click.option("--store", "store_dir", type=click.Path(file_okay=False),
-              help=f"Run store folder (default ${ENV_VAR} or ./{DEFAULT_DIR}).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@store_option()
+@quiet_option
 def resume(run_id: str, store_dir: str | None, quiet: bool) -> None:
     """Continue an interrupted, failed or cancelled run of the store from its checkpoints."""
     from core.pipeline import prepare
 
-    try:
-        store = RunStore(Path(store_dir) if store_dir else default_data_dir())
-        record = store.get_run(run_id)
-        if not record.resumable:
-            raise KdlabError(f"run {run_id}", f"cannot be resumed: it is {record.status}",
-                             "resume only interrupted, failed or cancelled runs")
-        if record.started is not None and not record.dir_exists:
-            record = store.get_run(run_id, require_dir=True)
-        cfg = config_mod.validate(record.config)
-        prep = prepare(cfg, record.run_dir)
-    except KdlabError as err:
-        _fail(err)
+    store = RunStore(_data_dir(store_dir))
+    record = store.get_run(run_id)
+    check_resumable(run_id, record.status)
+    if record.started is not None and not record.dir_exists:
+        record = store.get_run(run_id, require_dir=True)  # raises the missing-folder error
+    prep = prepare(config_mod.validate(record.config), record.run_dir)
     _run_prepared(prep, record.run_dir, store, run_id, quiet, "run the same command again to resume",
                   resumed=True)
 
 
 @main.command()
-@click.option("--store", "store_dir", type=click.Path(file_okay=False),
-              help=f"Run store folder (default ${ENV_VAR} or ./{DEFAULT_DIR}).")
-@click.option("--status", "statuses", multiple=True, type=click.Choice(RUN_STATUSES),
+@store_option()
+@click.option("--status", "statuses", multiple=True, type=click.Choice([s.value for s in RunStatus]),
               help="Only runs with this status (repeatable).")
 @click.option("--limit", default=30, show_default=True, help="Show at most this many runs, newest first.")
 def runs(store_dir: str | None, statuses: tuple[str, ...], limit: int) -> None:
     """List the runs in the run store (CLI and dashboard runs alike)."""
-    try:
-        store = RunStore(Path(store_dir) if store_dir else default_data_dir())
-        df = store.list_runs(list(statuses) or None, limit=limit)
-    except KdlabError as err:
-        _fail(err)
+    store = RunStore(_data_dir(store_dir))
+    df = store.list_runs(list(statuses) or None, limit=limit)
     if df.empty:
         click.echo(f"no runs in {store.data_dir}", err=True)
         return
     click.echo(format_runs(df))
-
-
-def format_runs(df) -> str:
-    """A plain-text table of runs: id, name, status, created, KD student test accuracy."""
-    width = max(24, int(df["id"].str.len().max()))
-    header = f"{'id':<{width + 2}}{'name':<18}{'status':<13}{'progress':>9}  {'created':<17}{'kd test acc':>12}"
-    lines = [header, "-" * len(header)]
-    for r in df.itertuples():
-        acc = "" if r.kd_test_acc != r.kd_test_acc or r.kd_test_acc is None else f"{r.kd_test_acc:.4f}"
-        lines.append(f"{r.id:<{width + 2}}{str(r.name)[:17]:<18}{r.status:<13}{r.progress * 100:>8.0f}%  "
-                     f"{r.created:%Y-%m-%d %H:%M}  {acc:>11}")
-    return "\n".join(lines)
 
 
 @main.command()
@@ -342,17 +368,20 @@ def models(pattern: str | None, limit: int) -> None:
     if not rows:
         click.echo(f"no timm model matches '{pattern}'", err=True)
         sys.exit(1)
-    for row in rows:
-        click.echo(f"{row['name']:<48}{row['params'] / 1e6:>10.2f}M")
+    click.echo(text_table(rows, [Column("model", "name", left=True), Column("params", "params", millions)],
+                          header=False))
 
 
 @main.command()
 def presets() -> None:
     """List the bundled presets."""
+    rows = []
     for name in config_mod.list_presets():
         cfg = config_mod.preset(name)
-        teachers = ", ".join(t["model"] for t in cfg.get("teachers", []))
-        click.echo(f"{name:<16}{cfg.get('data', {}).get('name', '?'):<12}{teachers}")
+        rows.append({"name": name, "data": cfg.get("data", {}).get("name", "?"),
+                     "teachers": ", ".join(t["model"] for t in cfg.get("teachers", []))})
+    click.echo(text_table(rows, [Column("preset", "name", left=True), Column("data", "data", left=True),
+                                 Column("teachers", "teachers", left=True)]))
 
 
 @main.command()
@@ -365,16 +394,10 @@ def datasets() -> None:
 
 
 @main.command("show-config")
-@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
-@click.option("--preset", "preset_name")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@config_source()
 def show_config(config_file: str | None, preset_name: str | None, overrides: tuple[str, ...]) -> None:
     """Print the full, validated config (every default filled in) as YAML."""
-    try:
-        cfg = config_mod.load(config_file, preset_name, list(overrides))
-    except KdlabError as err:
-        _fail(err)
-    click.echo(cfg.to_yaml(), nl=False)
+    click.echo(_load(config_file, preset_name, overrides).to_yaml(), nl=False)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from core.bench import Cost
 from core.evaluate import mean_std
@@ -25,15 +25,18 @@ def row(method: str, kind: str, entries: Sequence[TestScores | EnsembleEntry], c
                          train_seconds=train_seconds)
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    """Plain-text comparison table for the terminal."""
-    header = (f"{'method':<30}{'test acc':>17}{'test nll':>17}{'ECE':>7}{'params':>9}{'MFLOPs':>8}"
-              f"{'lat ms':>8}{'img/s':>9}{'train s':>9}")
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        acc = f"{r['test_acc_mean']:.4f}+-{r['test_acc_std']:.4f}"
-        nll = f"{r['test_nll_mean']:.4f}+-{r['test_nll_std']:.4f}"
-        lines.append(f"{r['method']:<30}{acc:>17}{nll:>17}{r['test_ece']:>7.3f}{r['params'] / 1e6:>8.2f}M"
-                     f"{r['flops'] / 1e6:>8.1f}{r['latency_ms']:>8.2f}{r['throughput']:>9.0f}"
-                     f"{r['train_seconds']:>9.1f}")
-    return "\n".join(lines)
+def format_table(rows: Sequence[ComparisonRow | Mapping[str, Any]]) -> str:
+    """Plain-text comparison table for the terminal (rows as models or dicts)."""
+    from core.tables import Column, fixed, mega, millions, plus_minus, text_table
+
+    return text_table(rows, [
+        Column("method", "method", left=True),
+        Column("test acc", plus_minus("test_acc_mean", "test_acc_std")),
+        Column("test nll", plus_minus("test_nll_mean", "test_nll_std")),
+        Column("ECE", "test_ece", fixed(3)),
+        Column("params", "params", millions),
+        Column("MFLOPs", "flops", mega),
+        Column("lat ms", "latency_ms", fixed(2)),
+        Column("img/s", "throughput", fixed(0)),
+        Column("train s", "train_seconds", fixed(1)),
+    ])

@@ -205,20 +205,19 @@ def _row(point: dict[str, Any], names: list[str], kd: list[StudentEntry], scratc
 
 
 def format_sweep(result: SweepResult) -> str:
-    """Plain-text table of a sweep, the val-best row marked with '*'."""
-    width = max([len("point"), *(len(r.point) for r in result.rows)]) + 2
-    header = (f"{'':2}{'point':<{width}}{'kd val':>8}{'kd test acc':>17}{'scratch test acc':>18}"
-              f"{'paired gain':>17}{'recovery':>9}")
-    lines = [header, "-" * len(header)]
-    for i, r in enumerate(result.rows):
-        mark = "* " if i == result.best else "  "
-        val = "" if r.kd_val_acc is None else f"{r.kd_val_acc:.4f}"
-        rec = "" if r.gain_recovery is None else f"{r.gain_recovery:.2f}"
-        lines.append(f"{mark}{r.point:<{width}}{val:>8}"
-                     f"{r.kd_test_acc_mean:>10.4f}+-{r.kd_test_acc_std:.4f}"
-                     f"{r.scratch_test_acc_mean:>11.4f}+-{r.scratch_test_acc_std:.4f}"
-                     f"{r.paired_gain_mean:>+10.4f}+-{r.paired_gain_std:.4f}{rec:>9}")
-    return "\n".join(lines)
+    """Plain-text table of a sweep (rows as models or dicts), the val-best row marked with '*'."""
+    from core.tables import Column, as_dict, fixed, plus_minus, text_table
+
+    rows = [{**as_dict(r), "_best": i == result.best} for i, r in enumerate(result.rows)]
+    return text_table(rows, [
+        Column("", lambda r: "*" if r["_best"] else "", left=True),
+        Column("point", "point", left=True),
+        Column("kd val", "kd_val_acc", fixed(4)),
+        Column("kd test acc", plus_minus("kd_test_acc_mean", "kd_test_acc_std")),
+        Column("scratch test acc", plus_minus("scratch_test_acc_mean", "scratch_test_acc_std")),
+        Column("paired gain", plus_minus("paired_gain_mean", "paired_gain_std", sign=True)),
+        Column("recovery", "gain_recovery", fixed(2)),
+    ])
 
 
 @dataclass

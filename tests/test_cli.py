@@ -44,6 +44,8 @@ def test_smoke_run_writes_config_events_and_results(tmp_path):
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["data"]["name"] == "shapes" and saved["train"]["epochs"] == 1
     assert "test_resnet" in result.output  # the summary table
+    # The run's own log file takes INFO; the terminal shows warnings and errors only (no --verbose).
+    assert not [line for line in result.stderr.splitlines() if line.startswith(("info", "debug"))], result.stderr
 
     # The saved config reproduces the run; the teachers are resumed, not retrained.
     again = invoke("run", str(out / "config.yaml"), "--out", str(out), "--quiet")
@@ -136,6 +138,42 @@ def test_models_lists_names_with_params():
 
 
 def test_presets_and_show_config():
-    assert invoke("presets").output.splitlines()[0].startswith("digits-demo")
+    header, rule, *rows = invoke("presets").output.splitlines()
+    assert header.split() == ["preset", "data", "teachers"] and set(rule) == {"-"}
+    assert rows[0].startswith("digits-demo ")
+    # Every name stands apart from its data set, however long the name (was 'class-bias-variancedigits').
+    data_at = header.index("data")
+    assert all(row[data_at - 2:data_at] == "  " and row[:data_at].strip() for row in rows)
     shown = yaml.safe_load(invoke("show-config", "--set", "train.epochs=2").output)
     assert shown["train"]["epochs"] == 2
+
+
+def test_errors_from_any_command_exit_2_in_one_line_on_stderr(tmp_path):
+    for args, expected in [
+        (["resume", "nope", "--store", str(tmp_path)], "error: run: no run 'nope' in the store"),
+        (["show-config", "--set", "train.epochs=0"], "error: train.epochs"),
+        (["run", "--preset", "digits-demo", "--no-store"], "error: --out: --no-store needs an output folder"),
+    ]:
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, result.output
+        assert result.stdout == "" and result.stderr.splitlines() == [result.stderr.strip()]
+        assert result.stderr.startswith(expected) and "Traceback" not in result.output
+
+
+def test_sweep_checks_its_grid_before_announcing_it(tmp_path):
+    result = CliRunner().invoke(main, ["sweep", "--preset", "digits-demo", "--grid", "distill.alpha=0.5,2",
+                                       "--out", str(tmp_path / "s")])
+    assert result.exit_code == 2
+    assert result.output.splitlines() == [result.output.strip()] and result.output.startswith("error: distill.alpha")
+    assert "kdlab sweep:" not in result.output and not (tmp_path / "s").exists()
+
+
+def test_verbose_logs_the_engine_on_stderr(tmp_path):
+    quiet = CliRunner().invoke(main, ["runs", "--store", str(tmp_path / "a")])
+    assert quiet.exit_code == 0 and "debug" not in quiet.stderr
+    verbose = CliRunner().invoke(main, ["-v", "runs", "--store", str(tmp_path / "b")])
+    assert verbose.exit_code == 0, verbose.output
+    assert f"debug core.store.schema: created the run store '{tmp_path / 'b' / 'kdlab.db'}'" in verbose.stderr
+    assert verbose.stdout == ""  # logs never mix into the tables
+    again = CliRunner().invoke(main, ["runs", "--store", str(tmp_path / "b")])  # the level goes back
+    assert "debug" not in again.stderr

@@ -13,6 +13,7 @@ import pytest
 from core import config
 from core.errors import Cancelled, ConfigError
 from core.jobs import JobError, JobManager, QueueFull, device_key, shared_manager
+from core.lifecycle import NotResumable
 from core.pipeline import prepare, run_experiment
 from core.store import RunStore, StoreError, StoreRecorder, expected_trainings
 from core.train import CancelToken, EventBus
@@ -180,7 +181,7 @@ def test_a_killed_run_is_interrupted_then_resumed_from_its_checkpoint(tmp_path):
     assert [e["epoch"] for e in teacher if e["kind"] == "epoch"] == [1, 2]  # epoch 1 was not redone
     run = jobs.store.get_run(run_id)
     assert run.attempts == 2 and run.results["teachers"][0]["epochs_run"] == 2
-    with pytest.raises(JobError, match="cannot be resumed: it is done"):
+    with pytest.raises(NotResumable, match="cannot be resumed: it is done"):
         jobs.resume(run_id)
 
     lost = jobs.store.create_run(cfg, status="running")

@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from core.cli import main
-from core.store import (SCHEMA_VERSION, RunNotFound, RunStore, StoreError, StoreRecorder, default_data_dir,
-                        downsample, downsample_indices)
+from core.store import (SCHEMA_VERSION, RunNotFound, RunStatus, RunStore, StoreError, StoreRecorder,
+                        default_data_dir, downsample, downsample_indices)
 from core.train import Event
 
 CONFIG = {"name": "tiny", "teachers": [{"model": "test_resnet"}]}
@@ -65,6 +65,41 @@ def test_other_schema_versions_are_refused_with_a_clear_message(tmp_path, case):
     assert str(store.db_path) in str(err.value)
 
 
+def _add_tags(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE runs ADD COLUMN tags TEXT")
+
+
+def _broken(conn: sqlite3.Connection) -> None:
+    conn.execute("ALTER TABLE runs ADD COLUMN tags TEXT")
+    raise sqlite3.OperationalError("disk I/O error")
+
+
+def test_an_older_database_is_migrated_in_one_transaction(tmp_path):
+    with RunStore(tmp_path) as old:
+        run_id = old.create_run(CONFIG, status="running", source="cli")
+        old.append_events(run_id, [_step(1)])
+
+    class Broken(RunStore):  # a layout whose step up from version 1 fails half-way
+        schema_version_target = 2
+        migrations = {1: _broken}
+
+    with pytest.raises(StoreError, match="disk I/O error"):
+        Broken(tmp_path)
+    with RunStore(tmp_path) as unchanged:  # rolled back: still version 1, no half-added column
+        assert unchanged.schema_version() == 1 and unchanged.get_run(run_id).status == "running"
+
+    class Tagged(RunStore):
+        schema_version_target = 2
+        migrations = {1: _add_tags}
+
+    with Tagged(tmp_path) as new:
+        assert new.schema_version() == 2
+        assert new.get_run(run_id).status == "running" and new.last_seq(run_id) == 1  # nothing lost
+        assert "tags" in {r[1] for r in new._read("PRAGMA table_info(runs)")}
+    with pytest.raises(StoreError, match="newer kdlab"):  # and this kdlab now refuses it, as any newer file
+        RunStore(tmp_path)
+
+
 def test_corrupt_database_file_names_the_path_and_the_fix(tmp_path):
     (tmp_path / "kdlab.db").write_bytes(b"this is not sqlite" * 300)
     with pytest.raises(StoreError) as err:
@@ -88,7 +123,7 @@ def test_events_are_appended_and_read_back_since_a_seq(tmp_path):
     assert [e["kind"] for e in store.events(run_id, kinds=["start"])] == ["start"]
     run = store.get_run(run_id)
     assert (run.progress, run.eta, run.status, run.source) == (0.25, 9.0, "running", "cli")
-    assert store.events_frame(run_id).shape == (4, 8)
+    assert run.status is RunStatus.RUNNING and run.to_dict()["status"] == "running"
 
 
 def test_concurrent_writers_and_readers_from_many_threads(tmp_path):

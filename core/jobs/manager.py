@@ -13,21 +13,23 @@ an app restart is resumed by submitting it again into its own folder (see `resum
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core import config as config_mod
 from core.config import RunConfig
 from core.device import resolve_device
-from core.errors import Cancelled, KdlabError
-from core.store import (ACTIVE, FINISHED, RESUMABLE, Heartbeat, RunStore, StoreError, StoreRecorder,
-                        expected_trainings, new_run_id)
+from core.errors import KdlabError
+from core.jobs.job import Job, QueuedJob, SweepJob
+from core.lifecycle import RunStatus, check_resumable
+from core.store import Heartbeat, RunStore, StoreError, new_run_id
 from core.sweep_grid import Axis, check_grid, read_sweep_spec, sweep_trainings
-from core.train import CancelToken, Event, EventBus
+from core.train import Event
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_QUEUED = 16
 
@@ -44,70 +46,13 @@ def device_key(name: str) -> str:
     """The device a config's `device` runs on, as a worker key ('cpu', 'cuda:0', 'mps')."""
     try:
         device = resolve_device(name)
-    except KdlabError:
-        return str(name)  # the job fails in prepare with the same error, recorded in the store
+    except KdlabError as err:
+        # The job fails in prepare with the same error, recorded in the store; until then it waits here.
+        log.debug("device '%s' does not resolve (%s): its jobs queue under that name", name, err)
+        return str(name)
     if device.type == "cuda" and device.index is None:
         return "cuda:0"
     return str(device)
-
-
-@dataclass
-class Job:
-    """One queued or running experiment of this manager."""
-
-    run_id: str
-    config: RunConfig
-    run_dir: Path
-    device: str
-    cancel: CancelToken = field(default_factory=CancelToken)
-    state: str = "queued"  # queued -> running -> finished
-    submitted: float = field(default_factory=time.time)
-    finished: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def key(self) -> str:
-        return self.run_id
-
-
-@dataclass
-class SweepJob:
-    """One queued or running student sweep of this manager, written into the folder `out`."""
-
-    sweep_id: str                     # the folder's name
-    base: RunConfig
-    axes: list[Axis]
-    seeds: int | None
-    out: Path
-    device: str
-    points: int
-    total_trainings: int              # expected: teacher draws + scratch and KD students
-    cancel: CancelToken = field(default_factory=CancelToken)
-    state: str = "queued"             # queued -> running -> finished
-    status: str = "queued"            # queued, running, done, failed, cancelled, interrupted
-    trainings_done: int = 0
-    points_done: int = 0
-    stage: str = "waiting for the device"
-    error: str | None = None
-    submitted: float = field(default_factory=time.time)
-    finished: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def key(self) -> str:
-        return f"sweep:{self.sweep_id}"
-
-    @property
-    def progress(self) -> float:
-        """Finished trainings over expected ones, in [0, 1]; 1 only once the sweep is done."""
-        if self.status == "done":
-            return 1.0
-        return min(self.trainings_done / max(self.total_trainings, 1), 0.99)
-
-    def snapshot(self) -> dict[str, Any]:
-        """A plain-dict view for pages (read without the manager's lock: values only grow)."""
-        return {"id": self.sweep_id, "folder": str(self.out), "status": self.status,
-                "progress": self.progress, "points": self.points, "points_done": self.points_done,
-                "stage": self.stage, "error": self.error, "submitted": self.submitted,
-                "axes": {a.field: list(a.values) for a in self.axes}}
 
 
 class JobManager:
@@ -119,15 +64,15 @@ class JobManager:
         self.max_queued = max_queued      # waiting jobs (running ones not counted)
         self.per_device = per_device      # jobs running at once on one device
         self._cv = threading.Condition(threading.Lock())
-        self._queue: list[Job | SweepJob] = []   # FIFO
-        self._running: dict[str, Job | SweepJob] = {}  # by job key
-        self._jobs: dict[str, Job] = {}
-        self._sweeps: dict[str, SweepJob] = {}
+        self._queue: list[QueuedJob] = []          # FIFO
+        self._running: dict[str, QueuedJob] = {}   # by job key
+        self._jobs: dict[str, Job] = {}            # every run given to this manager, by run id
+        self._sweeps: dict[str, SweepJob] = {}     # every sweep, by folder name
         self._workers: dict[str, list[threading.Thread]] = {}
         self._started = autostart
         self._closed = False
-        self._shutting_down = False
-        self._heartbeat = Heartbeat(self.store, heartbeat_every)
+        self.shutting_down = False                 # set once shutdown() began: stopped jobs are interrupted
+        self.heartbeat = Heartbeat(self.store, heartbeat_every)
 
     # -- queueing -------------------------------------------------------------------------------
 
@@ -139,7 +84,7 @@ class JobManager:
         with self._cv:
             self._check_open()
             self._check_room()
-            run_id = self.store.create_run(cfg, name=name, source=source, status="queued")
+            run_id = self.store.create_run(cfg, name=name, source=source, status=RunStatus.QUEUED)
             self._enqueue(Job(run_id, cfg, self.store.run_dir_for(run_id), device))
         return run_id
 
@@ -149,17 +94,15 @@ class JobManager:
         Its trainings continue from their last per-epoch checkpoints; finished ones are not redone.
         """
         record = self.store.get_run(run_id)
-        if record.status not in RESUMABLE:
-            what = f"is {record.status}" if record.status in ACTIVE else "is done"
-            raise JobError(f"run {run_id}", f"cannot be resumed: it {what}",
-                           "resume only interrupted, failed or cancelled runs")
+        check_resumable(run_id, record.status)
         if record.started is not None and not record.dir_exists:
             raise StoreError(f"run {run_id}", f"its folder '{record.run_dir}' is missing (moved or deleted), "
                              "so there is nothing to resume from", "submit its config as a new run")
         cfg = config_mod.validate(record.config)
         with self._cv:
             self._check_open()
-            if run_id in self._running or any(isinstance(j, Job) and j.run_id == run_id for j in self._queue):
+            earlier = self._jobs.get(run_id)
+            if earlier is not None and earlier.state != "finished":
                 raise JobError(f"run {run_id}", "is already queued or running here", "wait for it")
             self._check_room()
             self.store.requeue(run_id)
@@ -176,13 +119,9 @@ class JobManager:
             raise QueueFull("queue", f"{len(self._queue)} runs are already waiting (at most {self.max_queued})",
                             "wait for one to start, or cancel a queued run")
 
-    def _enqueue(self, job: Job | SweepJob) -> None:
+    def _enqueue(self, job: QueuedJob) -> None:
         self._queue.append(job)
-        if isinstance(job, SweepJob):
-            self._sweeps[job.sweep_id] = job
-        else:
-            self._jobs[job.run_id] = job
-            self._heartbeat.add(job.run_id, "queued")
+        job.on_queued(self)
         if self._started:
             self._ensure_workers(job.device)
         self._cv.notify_all()
@@ -207,6 +146,7 @@ class JobManager:
     # -- running --------------------------------------------------------------------------------
 
     def _worker(self, device: str) -> None:
+        from core.threads import lower_priority; lower_priority()  # noqa: E702 - the UI threads get the CPU first
         while True:
             with self._cv:
                 job = None
@@ -219,57 +159,17 @@ class JobManager:
                 self._queue.remove(job)
                 self._running[job.key] = job
                 job.state = "running"
-                if isinstance(job, Job):
-                    self._heartbeat.add(job.run_id, "running")
             try:
-                if isinstance(job, SweepJob):
-                    self._execute_sweep(job)
-                else:
-                    self._execute(job)
+                job.execute(self)  # records its own outcome (store row, or sweep status)
             except BaseException:  # noqa: BLE001 - a worker must survive anything a job does
-                pass
+                log.exception("job %s: unexpected error outside its own recording; the worker goes on", job.key)
             finally:
                 with self._cv:
                     self._running.pop(job.key, None)
                     job.state = "finished"
-                    if isinstance(job, Job):
-                        self._heartbeat.discard(job.run_id)
+                    job.on_finished(self)
                     job.finished.set()
                     self._cv.notify_all()
-
-    def _execute(self, job: Job) -> None:
-        from core.pipeline import prepare, run_experiment  # heavy imports, only where a job runs
-
-        store = self.store
-        recorder = StoreRecorder(store, job.run_id, job.run_dir, expected_trainings(job.config))
-        self._heartbeat.add(job.run_id, "running", recorder.flush)
-        bus = EventBus(recorder)
-        status, error, results = "failed", None, None
-        try:
-            store.start_run(job.run_id)
-            job.cancel.check()
-            prep = prepare(job.config, job.run_dir)
-            for warning in prep.warnings:
-                bus.emit(Event("info", "prepare", message=f"warning: {warning}"))
-            job.cancel.check()
-            results = run_experiment(prep, job.run_dir, bus, job.cancel)
-            status = "done"
-        except Cancelled:
-            status = "interrupted" if self._shutting_down else "cancelled"
-            bus.emit(Event("info", "jobs", message="stopped: the app shut down" if self._shutting_down
-                           else "cancelled by user"))
-        except KdlabError as err:
-            error = str(err)
-            bus.emit(Event("failed", "run", message=error))
-        except Exception as err:  # noqa: BLE001 - recorded, and the next job goes on
-            error = f"{type(err).__name__}: {err}"
-            bus.emit(Event("failed", "run", message=traceback.format_exc(limit=20)))
-        finally:
-            recorder.close()
-            try:
-                store.finish_run(job.run_id, status, results=results, error=error)
-            except StoreError:
-                pass  # the owner's pid is gone when this process ends: the run reads as interrupted
 
     # -- sweeps ---------------------------------------------------------------------------------
 
@@ -315,46 +215,13 @@ class JobManager:
             job = self._sweeps.get(sweep_id)
             if job is None:
                 raise JobError(f"sweep {sweep_id}", "is not a sweep of this app", "pick one from the list")
-            if job in self._queue:
-                self._queue.remove(job)
-                job.state, job.status, job.stage = "finished", "cancelled", "cancelled before it started"
-                job.finished.set()
-                self._cv.notify_all()
-                return True
-            if job.state == "running":
-                job.cancel.cancel()
-                return True
-            return False
+            return self._cancel(job)
 
     def wait_sweep(self, sweep_id: str, timeout: float | None = None) -> str:
         """Wait until a sweep of this manager has finished; returns its status."""
         job = self._sweeps[sweep_id]
         job.finished.wait(timeout)
         return job.status
-
-    def _execute_sweep(self, job: SweepJob) -> None:
-        from core.sweep import run_sweep  # heavy imports, only where a job runs
-
-        def follow(event: Event) -> None:
-            if event.kind == "done":
-                job.trainings_done += 1
-            elif event.kind == "stage" and event.message:
-                job.stage = event.message
-
-        def on_row(row: dict[str, Any]) -> None:
-            job.points_done += 1
-
-        job.status = "running"
-        try:
-            run_sweep(job.base, job.axes, job.out, job.seeds, EventBus(follow), job.cancel, on_row)
-            job.status, job.stage = "done", f"done: {job.points} point(s)"
-        except Cancelled:
-            job.status = "interrupted" if self._shutting_down else "cancelled"
-            job.stage = "stopped: the app shut down" if self._shutting_down else "cancelled by user"
-        except KdlabError as err:
-            job.status, job.error = "failed", str(err)
-        except Exception as err:  # noqa: BLE001 - shown on the page, and the next job goes on
-            job.status, job.error = "failed", f"{type(err).__name__}: {err}"
 
     # -- control --------------------------------------------------------------------------------
 
@@ -365,23 +232,33 @@ class JobManager:
         """
         with self._cv:
             job = self._jobs.get(run_id)
-            if job is not None and job in self._queue:
-                self._queue.remove(job)
-                job.state = "finished"
-                self._heartbeat.discard(run_id)
-                self.store.append_events(run_id, [Event("info", "jobs", message="cancelled before it started")])
-                self.store.set_status(run_id, "cancelled")
-                job.finished.set()
-                self._cv.notify_all()
-                return True
-            if job is not None and job.state == "running":
-                job.cancel.cancel()
-                return True
+            if job is not None and job.state != "finished":
+                return self._cancel(job)
         record = self.store.get_run(run_id)  # RunNotFound for an unknown id
-        if record.status in FINISHED:
+        if record.status in RunStatus.FINISHED:
             return False
         raise JobError(f"run {run_id}", f"is {record.status} in another process (pid {record.pid})",
                        "stop it where it runs (Ctrl-C for a CLI run)")
+
+    def _cancel(self, job: QueuedJob) -> bool:
+        """Cancel one of this manager's jobs (under the lock): drop it if waiting, else stop it at its next step."""
+        if job in self._queue:
+            self._queue.remove(job)
+            self._drop(job, RunStatus.CANCELLED)
+            self._cv.notify_all()
+            return True
+        if job.state == "running":
+            job.cancel.cancel()
+            return True
+        return False
+
+    def _drop(self, job: QueuedJob, status: RunStatus) -> None:
+        """A job leaves the queue unrun, as `status`; it counts as finished even if recording that fails."""
+        job.state = "finished"
+        try:
+            job.drop(self, status)
+        finally:
+            job.finished.set()
 
     def wait(self, run_id: str, timeout: float | None = None) -> str:
         """Wait until a run of this manager has finished; returns its stored status."""
@@ -393,19 +270,19 @@ class JobManager:
     def queued(self) -> list[str]:
         """Ids of the waiting runs, in the order they will start."""
         with self._cv:
-            return [j.run_id for j in self._queue if isinstance(j, Job)]
+            return [j.run_id for j in self._queue if j.run_id is not None]
 
     def running(self) -> list[str]:
         """Ids of the runs training now."""
         with self._cv:
-            return [j.run_id for j in self._running.values() if isinstance(j, Job)]
+            return [j.run_id for j in self._running.values() if j.run_id is not None]
 
     def shutdown(self, wait: bool = True, timeout: float | None = 30.0) -> None:
         """Stop: waiting runs and running ones (stopped at their next step) become interrupted, resumable."""
         with self._cv:
             if self._closed:
                 return
-            self._shutting_down = True
+            self.shutting_down = True
             waiting, self._queue = list(self._queue), []
             for job in self._running.values():
                 job.cancel.cancel()  # runs and sweeps alike
@@ -413,21 +290,16 @@ class JobManager:
             self._closed = True
             self._cv.notify_all()
         for job in waiting:
-            if isinstance(job, SweepJob):
-                job.state, job.status = "finished", "interrupted"
-                job.finished.set()
-                continue
-            self._heartbeat.discard(job.run_id)
             try:
-                self.store.set_status(job.run_id, "interrupted")
-            except StoreError:
-                pass
-            job.finished.set()
+                self._drop(job, RunStatus.INTERRUPTED)
+            except StoreError as err:
+                # Its owner (this process) is about to go: the store's reaper marks it interrupted then.
+                log.warning("job %s was not marked interrupted in the store: %s", job.key, err)
         if wait:
             deadline = None if timeout is None else time.time() + timeout
             for job in running:
                 job.finished.wait(None if deadline is None else max(deadline - time.time(), 0))
-        self._heartbeat.stop()
+        self.heartbeat.stop()
 
     def __enter__(self) -> "JobManager":
         return self

@@ -3,13 +3,20 @@
 The dashboard and the CLI read and write the same store; see `core.store.db` for the layout.
 """
 
-from core.store.db import (ACTIVE, DB_NAME, DEFAULT_DIR, ENV_VAR, FINISHED, RESUMABLE, RUN_STATUSES,
-                           SCHEMA_VERSION, SOURCES, RunNotFound, RunRecord, RunStore, StoreError,
-                           default_data_dir, new_run_id, summarize)
+from core.lifecycle import NotResumable, RunStatus, check_resumable, final_status
+from core.store.db import RunRecord, RunStore
 from core.store.frames import MAX_POINTS, downsample, downsample_indices
-from core.store.recorder import Heartbeat, StoreRecorder, expected_trainings
+from core.store.recorder import Heartbeat, StoreRecorder, expected_trainings, record_run
+from core.store.schema import (DB_NAME, DEFAULT_DIR, ENV_VAR, SCHEMA_VERSION, SOURCES, RunNotFound, StoreError,
+                               default_data_dir, new_run_id)
+
+# The status groups under their older names (the dashboard and the CLI use them).
+RUN_STATUSES = tuple(RunStatus)
+ACTIVE = RunStatus.ACTIVE
+FINISHED = RunStatus.FINISHED
+RESUMABLE = RunStatus.RESUMABLE
 
 __all__ = ["ACTIVE", "DB_NAME", "DEFAULT_DIR", "ENV_VAR", "FINISHED", "MAX_POINTS", "RESUMABLE",
-           "RUN_STATUSES", "SCHEMA_VERSION", "SOURCES", "Heartbeat", "RunNotFound", "RunRecord", "RunStore",
-           "StoreError", "StoreRecorder", "default_data_dir", "downsample", "downsample_indices",
-           "expected_trainings", "new_run_id", "summarize"]
+           "RUN_STATUSES", "SCHEMA_VERSION", "SOURCES", "Heartbeat", "NotResumable", "RunNotFound", "RunRecord",
+           "RunStatus", "RunStore", "StoreError", "StoreRecorder", "check_resumable", "default_data_dir",
+           "downsample", "downsample_indices", "expected_trainings", "final_status", "new_run_id", "record_run"]

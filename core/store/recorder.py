@@ -1,13 +1,22 @@
-"""Writing a live run into the store: an EventBus subscriber (events, progress, ETA) and a heartbeat."""
+"""Writing a live run into the store: an EventBus subscriber (events, progress, ETA), a heartbeat,
+and `record_run`, the context that ties them to a run's final status."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+import traceback
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from core.store.db import RunNotFound, RunStore, StoreError
+from core.errors import KdlabError
+from core.lifecycle import STOP_MESSAGES, RunStatus, final_status
+from core.store.db import RunStore
+from core.store.schema import RunNotFound, StoreError
+
+log = logging.getLogger(__name__)
 
 TRAINED = ("teacher/", "student/")  # event sources that are one training each
 FLUSH_NOW = ("start", "epoch", "done", "failed", "cancelled", "stage", "info")
@@ -122,9 +131,14 @@ class StoreRecorder:
             self._last_flush = self.clock()
             self._pending_sync()
         except RunNotFound:
+            log.info("run %s was deleted from the store: its further events are not recorded", self.run_id)
             self._gone, self._pending = True, []
-        except StoreError:
-            self.errors += 1  # keep the batch; the next flush tries again
+        except StoreError as err:
+            # Keep the batch (the newest MAX_PENDING events); the next flush tries again.
+            self.errors += 1
+            (log.warning if self.errors == 1 else log.debug)(
+                "run %s: %d event(s) wait for the store (%s); training goes on", self.run_id,
+                len(self._pending), err)
             del self._pending[:-MAX_PENDING]
 
     def _pending_sync(self) -> None:
@@ -153,11 +167,13 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._loop, name="kdlab-heartbeat", daemon=True)
         self._thread.start()
 
-    def add(self, run_id: str, status: str = "running", flush: Callable[[], None] | None = None) -> None:
+    def add(self, run_id: str, status: str = RunStatus.RUNNING, flush: Callable[[], None] | None = None) -> None:
+        """Beat for this run (as `status`), flushing its recorder first if given."""
         with self._lock:
             self._runs[run_id] = (status, flush)
 
     def discard(self, run_id: str) -> None:
+        """Stop beating for this run (before its final status is written, so no beat can undo it)."""
         with self._lock:
             self._runs.pop(run_id, None)
 
@@ -165,21 +181,90 @@ class Heartbeat:
         """One heartbeat now."""
         with self._lock:
             runs = dict(self._runs)
-        for _, flush in runs.values():
+        for run_id, (_, flush) in runs.items():
             if flush is not None:
                 try:
                     flush()
                 except Exception:  # noqa: BLE001 - the heartbeat must outlive any one run
-                    pass
+                    log.warning("run %s: flushing its events failed; the heartbeat goes on", run_id, exc_info=True)
         try:
             self.store.beat({run_id: status for run_id, (status, _) in runs.items()})
-        except StoreError:
-            pass
+        except StoreError as err:
+            # A missed beat is harmless unless it lasts `stale_after` seconds; the next one tries again.
+            log.warning("heartbeat of %d run(s) not written: %s", len(runs), err)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             self.beat()
 
     def stop(self) -> None:
+        """End the heartbeat thread."""
         self._stop.set()
         self._thread.join(timeout=self.interval + 5)
+
+
+def _final_event(status: RunStatus, exc: BaseException | None, error: str | None) -> Any:
+    """The event that says why a run ended (None for a run that finished: its stages said so)."""
+    from core.train.events import Event  # torch is loaded by then; `kdlab presets` need not load it
+
+    if status == RunStatus.FAILED:
+        if exc is None or isinstance(exc, KdlabError):
+            return Event("failed", "run", message=error or "")
+        # Not a user error: keep the traceback for whoever debugs it.
+        return Event("failed", "run", message="".join(traceback.format_exception(type(exc), exc, exc.__traceback__,
+                                                                                limit=20)))
+    if status in STOP_MESSAGES:
+        return Event("info", "jobs", message=STOP_MESSAGES[status])
+    return None
+
+
+@contextmanager
+def record_run(store: RunStore, run_id: str, run_dir: str | Path, total_trainings: int, *,
+               heartbeat: Heartbeat | None = None,
+               shutting_down: Callable[[], bool] = lambda: False) -> Iterator[StoreRecorder]:
+    """Record a run in the store while the block runs; yields the subscriber to attach to its EventBus.
+
+    The run beats while the block runs (on `heartbeat`, or on one of its own). When the block ends,
+    its final status comes from the exception that left it (core.lifecycle.final_status; asking
+    `shutting_down()` then), with an event saying why a stopped or failed run ended; the exception is
+    raised again. A store that cannot be written then costs a logged warning, never the final status
+    of the caller's run or its exception.
+    """
+    recorder = StoreRecorder(store, run_id, run_dir, total_trainings)
+    beats = heartbeat if heartbeat is not None else Heartbeat(store)
+    beats.add(run_id, RunStatus.RUNNING, recorder.flush)
+    exc: BaseException | None = None
+    try:
+        yield recorder
+    except BaseException as err:
+        exc = err
+        raise
+    finally:
+        status, error = final_status(exc, shutting_down=shutting_down())
+        if heartbeat is None:
+            beats.stop()
+        else:
+            beats.discard(run_id)  # before the final status: a later beat must not revive the run
+        note = _final_event(status, exc, error)
+        if note is not None:
+            recorder(note)
+        recorder.close()
+        _finish(store, run_id, status, error)
+
+
+def _finish(store: RunStore, run_id: str, status: RunStatus, error: str | None) -> None:
+    """finish_run, falling back to a bare status when the full finish cannot be written."""
+    try:
+        store.finish_run(run_id, status, error=error)
+        return
+    except RunNotFound:
+        log.info("run %s was deleted from the store before it ended %s", run_id, status)
+        return
+    except StoreError as err:
+        log.warning("run %s: its results were not stored (%s); trying to record its status %s alone",
+                    run_id, err, status)
+    try:
+        store.set_status(run_id, status, error)
+    except StoreError as err:
+        # Nothing more to try: once this process has gone, the store reads the run as interrupted.
+        log.warning("run %s: the run store was not updated, its status %s is lost: %s", run_id, status, err)
