@@ -138,12 +138,13 @@ def _run_stages(prep: Prepared, out: Path, events: EventBus, cancel: CancelToken
         events.emit(Event("stage", "run", message="done", metrics={"seconds": results.seconds}))
         return results
     except BaseException as err:  # Ctrl-C included: the stages done so far are kept, with the reason
-        status, error = final_status(err, shutting_down=False)
+        status, error = final_status(err, shutting_down=cancel.shutdown)
         save(status=status.value)
-        if status is RunStatus.CANCELLED:
-            events.emit(Event("cancelled", "run", message=f"stopped after: {', '.join(results.stages_done) or 'nothing'}"))
-        else:
-            log.warning("run %s ended %s: %s", prep.cfg.name, status.value, error)
+        if status in (RunStatus.CANCELLED, RunStatus.INTERRUPTED):
+            events.emit(Event("cancelled", "run", message=f"{status.value} after: "
+                              f"{', '.join(results.stages_done) or 'no stage'}"))
+        else:  # the caller reports the error itself; the log keeps it with the run
+            log.info("run %s ended %s: %s", prep.cfg.name, status.value, error)
         raise
     finally:
         writer.close()

@@ -266,3 +266,18 @@ def test_a_malformed_sweep_file_is_named_on_the_compare_page(tmp_path, content, 
     assert not at.exception, at.exception
     errors = [e.value for e in at.error]
     assert any(what in e and "sweep.json" in e for e in errors), errors
+
+
+def test_an_app_shutdown_mid_run_reads_interrupted_in_the_store_and_in_results_json(tmp_path):
+    from core import config
+    from core.jobs import JobManager
+    from core.store import RunStore
+    jobs = JobManager(RunStore(tmp_path), heartbeat_every=0.5)
+    run_id = jobs.submit(config.load(overrides=TINY_RUN + ["train.epochs=30"]))
+    wait_for(lambda: jobs.store.events(run_id, kinds=["epoch"]), timeout=120)
+    jobs.shutdown(timeout=60)
+    run = jobs.store.get_run(run_id)
+    assert run.status == "interrupted" and run.resumable
+    assert read_results(run.run_dir / "results.json").status == "interrupted"
+    assert any(e["kind"] == "cancelled" and e["source"] == "run" and e["message"].startswith("interrupted")
+               for e in jobs.store.events(run_id))

@@ -285,7 +285,7 @@ class JobManager:
             self.shutting_down = True
             waiting, self._queue = list(self._queue), []
             for job in self._running.values():
-                job.cancel.cancel()  # runs and sweeps alike
+                job.cancel.cancel(shutdown=True)  # runs and sweeps alike
             running = list(self._running.values())
             self._closed = True
             self._cv.notify_all()

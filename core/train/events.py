@@ -68,8 +68,11 @@ class CancelToken:
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self.shutdown = False  # set with the cancel when the app shuts down: the run is interrupted, not cancelled
 
-    def cancel(self) -> None:
+    def cancel(self, *, shutdown: bool = False) -> None:
+        """Stop at the next step; `shutdown`: nobody asked, the process is going away (the run stays resumable)."""
+        self.shutdown = self.shutdown or shutdown
         self._event.set()
 
     @property
