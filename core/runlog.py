@@ -54,5 +54,5 @@ def log_event(event: Event) -> None:
         return
     text = event.message or ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                       for k, v in event.metrics.items())
-    level = logging.WARNING if event.kind == "failed" or (event.message or "").startswith("warning:") else logging.INFO
-    log.log(level, "%s %s%s", event.kind, event.source, f": {text}" if text else "")
+    # INFO, warnings and failures included: the CLI and the pages report those themselves; the log keeps them.
+    log.info("%s %s%s", event.kind, event.source, f": {text}" if text else "")
