@@ -10,19 +10,18 @@ import logging
 import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 import click
 
 from core import config as config_mod
 from core.errors import Cancelled, KdlabError
 from core.lifecycle import RunStatus, check_resumable, one_line
-from core.store import (DEFAULT_DIR, ENV_VAR, RunStore, default_data_dir, expected_trainings, new_run_id,
-                        record_run)
-from core.tables import Column, as_dict, fixed, mega, millions, minutes, percent, text_table
-
-if TYPE_CHECKING:  # pandas is imported by the store where a frame is built: `kdlab presets` need not pay for it
-    import pandas as pd
+from core.folders import probe_folder
+from core.store import (DEFAULT_DIR, ENV_VAR, NothingToRecover, RunStore, default_data_dir, expected_trainings,
+                        new_run_id, record_run, recover_store)
+from core.store.listing import format_reindex, format_runs
+from core.tables import Column, as_dict, fixed, mega, millions, text_table
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -68,6 +67,11 @@ def _load(config_file: str | None, preset_name: str | None, overrides: Iterable[
 
 def _data_dir(store_dir: str | None) -> Path:
     return Path(store_dir) if store_dir else default_data_dir()
+
+
+def _check_store_folder(data_dir: Path) -> None:
+    """Refuse a run store folder that cannot be created or written, naming --store (not the --out inside it)."""
+    probe_folder(data_dir, "--store")  # creates and writes a probe, then removes what it made
 
 
 # -- logging -------------------------------------------------------------------------------------
@@ -149,18 +153,6 @@ def format_teacher_table(teachers: Iterable[Any]) -> str:
     ])
 
 
-def format_runs(df: pd.DataFrame) -> str:
-    """A plain-text table of runs: id, name, status, progress, created, KD student test accuracy."""
-    return text_table(df.to_dict("records"), [
-        Column("id", "id", left=True),
-        Column("name", "name", left=True),
-        Column("status", "status", left=True),
-        Column("progress", "progress", percent),
-        Column("created", "created", minutes, left=True),
-        Column("kd test acc", "kd_test_acc", fixed(4)),
-    ])
-
-
 # -- commands ------------------------------------------------------------------------------------
 
 @click.group(cls=KdlabGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -187,6 +179,8 @@ def run(config_file: str | None, preset_name: str | None, overrides: tuple[str, 
         raise KdlabError("--out", "--no-store needs an output folder", "give --out DIR, or drop --no-store")
     cfg = _load(config_file, preset_name, overrides)
     data_dir = _data_dir(store_dir)
+    if not (no_store and out):  # the store folder gets the run's record, or its files
+        _check_store_folder(data_dir)
     run_id = new_run_id(cfg.name)
     out_dir = Path(out) if out else data_dir / run_id
     prep = prepare(cfg, out_dir)
@@ -292,6 +286,7 @@ def sweep(config_file: str | None, preset_name: str | None, overrides: tuple[str
     points = check_grid(cfg, axes, seeds)  # every point validated before the banner promises it
     n_seeds = seeds or cfg.student.seeds
     if out is None:
+        _check_store_folder(_data_dir(store_dir))
         out = str(_data_dir(store_dir) / f"sweep-{new_run_id(cfg.name)}")
     click.echo(f"kdlab sweep: {cfg.name}, {points} point(s) x {n_seeds} seed(s) into {out}; teachers trained "
                "once", err=True)
@@ -342,19 +337,51 @@ def resume(run_id: str, store_dir: str | None, quiet: bool) -> None:
                   resumed=True)
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @store_option()
 @click.option("--status", "statuses", multiple=True, type=click.Choice([s.value for s in RunStatus]),
               help="Only runs with this status (repeatable).")
 @click.option("--limit", default=30, show_default=True, help="Show at most this many runs, newest first.")
-def runs(store_dir: str | None, statuses: tuple[str, ...], limit: int) -> None:
-    """List the runs in the run store (CLI and dashboard runs alike)."""
+@click.pass_context
+def runs(ctx: click.Context, store_dir: str | None, statuses: tuple[str, ...], limit: int) -> None:
+    """List the runs in the run store (CLI and dashboard runs alike); `kdlab runs reindex` rebuilds it."""
+    ctx.obj = store_dir  # a subcommand without its own --store uses this one
+    if ctx.invoked_subcommand is not None:
+        return
     store = RunStore(_data_dir(store_dir))
     df = store.list_runs(list(statuses) or None, limit=limit)
     if df.empty:
         click.echo(f"no runs in {store.data_dir}", err=True)
         return
     click.echo(format_runs(df))
+
+
+@runs.command("reindex")
+@store_option()
+@click.pass_context
+def runs_reindex(ctx: click.Context, store_dir: str | None) -> None:
+    """Add to the store the run folders in its folder that it does not know (after a lost or damaged kdlab.db)."""
+    store = RunStore(_data_dir(store_dir or ctx.obj))
+    click.echo(format_reindex(store.reindex()))
+
+
+@main.group()
+def store() -> None:
+    """Look after the run store itself (kdlab.db)."""
+
+
+@store.command("recover")
+@store_option()
+def store_recover(store_dir: str | None) -> None:
+    """Move a damaged kdlab.db aside (kept as kdlab.db.damaged-<time>), start a fresh store, reindex the run folders."""
+    data_dir = _data_dir(store_dir)
+    try:
+        moved = recover_store(data_dir)
+    except NothingToRecover as err:
+        click.echo(f"{one_line(err.problem)}; reindexing its folder")
+    else:
+        click.echo(f"moved the damaged store aside to {moved} (nothing was deleted); started a fresh store")
+    click.echo(format_reindex(RunStore(data_dir).reindex()))
 
 
 @main.command()

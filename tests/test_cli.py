@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from core.cli import main
+from core.store import RunStore, StoreError
 
 # A run small enough for seconds on 2 cores: tiny shapes data, two tiny teachers, one epoch each.
 QUICK = ["--preset", "digits-demo", "--set", "data.name=shapes", "--set", "data.count=200",
@@ -177,3 +179,52 @@ def test_verbose_logs_the_engine_on_stderr(tmp_path):
     assert verbose.stdout == ""  # logs never mix into the tables
     again = CliRunner().invoke(main, ["runs", "--store", str(tmp_path / "b")])  # the level goes back
     assert "debug" not in again.stderr
+
+
+# -- the run store's folder is --store, never --out ------------------------------------------------
+
+def _store_errors(store_dir: Path) -> None:
+    with pytest.raises(StoreError) as err:
+        RunStore(store_dir)
+    assert err.value.field == "--store", err.value
+    runner = CliRunner()
+    for args in (["runs"], ["runs", "reindex"], ["store", "recover"], ["run", *QUICK],
+                 ["sweep", *QUICK, "--grid", "distill.temperature=1,2"], ["resume", "some-run"]):
+        result = runner.invoke(main, [*args, "--store", str(store_dir)])
+        assert result.exit_code == 2, (args, result.output)
+        assert result.stderr.startswith("error: --store: "), (args, result.stderr)
+        assert "--out" not in result.stderr and result.stderr.count("\n") == 1, (args, result.stderr)
+
+
+def test_a_store_folder_that_cannot_be_created_is_named_store(tmp_path):
+    _store_errors(Path("/proc/kdlab-store"))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    _store_errors(blocker / "sub")
+    assert blocker.read_text() == "x"
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A read-only bind mount of a folder holding a store (needs root; skipped where mount is refused)."""
+    source, mount = tmp_path / "src", tmp_path / "ro"
+    source.mkdir()
+    mount.mkdir()
+    RunStore(source / "store").close()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command here")
+    done = subprocess.run(["mount", "--bind", str(source), str(mount)], capture_output=True)
+    if done.returncode:
+        pytest.skip(f"no bind mount here: {done.stderr.decode().strip()}")
+    try:
+        if subprocess.run(["mount", "-o", "remount,bind,ro", str(mount)], capture_output=True).returncode:
+            pytest.skip("cannot remount read-only here")
+        yield mount
+    finally:
+        if subprocess.run(["umount", str(mount)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(mount)], check=True)  # still busy: detach it anyway
+
+
+def test_a_store_on_a_read_only_mount_is_named_store(read_only_folder):
+    _store_errors(read_only_folder / "store")
+    _store_errors(read_only_folder / "new-store")

@@ -106,6 +106,7 @@ def test_corrupt_database_file_names_the_path_and_the_fix(tmp_path):
         RunStore(tmp_path)
     message = str(err.value)
     assert str(tmp_path / "kdlab.db") in message and "move it aside" in message
+    assert f"kdlab store recover --store '{tmp_path}'" in message  # the command that does it
     assert "\n" not in message
 
 
@@ -286,6 +287,23 @@ def test_recorder_batches_steps_and_reports_progress_and_eta(tmp_path):
     assert (store.get_run(run_id).progress, store.get_run(run_id).eta) == (1.0, 0.0)
 
 
+def test_recorder_of_a_resumed_run_keeps_the_stored_progress_until_its_count_passes_it(tmp_path):
+    store = RunStore(tmp_path)
+    run_id = store.create_run(CONFIG, status="running")
+    store.append_events(run_id, [], progress=0.5)  # where the earlier attempt stopped
+    rec = StoreRecorder(store, run_id, tmp_path, total_trainings=4)
+    rec(Event("stage", "teachers"))
+    assert store.get_run(run_id).progress == 0.5  # not 0: this attempt's count starts again from zero
+    for source in ("teacher/a/s0", "teacher/b/s0"):  # restored whole: finished as soon as they start
+        rec(Event("start", source, step=10, metrics={"total_steps": 10}))
+        assert store.get_run(run_id).progress == 0.5
+        rec(Event("done", source, step=10))
+    assert rec.counted == 0.5  # each counted once
+    rec(Event("start", "student/scratch/s0", step=6, metrics={"total_steps": 10}))  # resumed mid-way
+    assert store.get_run(run_id).progress == pytest.approx(0.65)
+    rec.close()
+
+
 def test_deleting_a_run_mid_training_does_not_disturb_its_recorder(tmp_path):
     store = RunStore(tmp_path)
     run_id = store.create_run(CONFIG, status="running")
@@ -345,6 +363,7 @@ def test_cli_store_problems_exit_2_in_one_line(tmp_path):
     listed = runner.invoke(main, ["runs", "--store", str(tmp_path)])
     assert listed.exit_code == 2
     assert listed.output.startswith("error: store: ") and "move it aside" in listed.output
+    assert "`kdlab store recover --store" in listed.output
     assert "Traceback" not in listed.output
     assert runner.invoke(main, ["resume", "nope", "--store", str(tmp_path / "new")]).output.startswith(
         "error: run: no run 'nope'")

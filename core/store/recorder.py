@@ -35,12 +35,14 @@ class StoreRecorder:
     Events are written in batches: a step event waits (at most `flush_every` seconds, or until
     `max_batch` are pending) and goes in with the next commit; every other kind is committed at once,
     so a page polling the store sees starts, epochs and stages without delay. Progress is finished
-    trainings over expected trainings, plus step / total_steps within the current one.
+    trainings over expected trainings, plus step / total_steps within the current one; a training
+    restored whole from its checkpoint counts as finished at its start event, and a resumed run's
+    progress never goes below what its earlier attempt stored (`floor`).
     """
 
     def __init__(self, store: RunStore, run_id: str, run_dir: str | Path, total_trainings: int, *,
                  flush_every: float = 0.5, max_batch: int = 256,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, floor: float | None = None) -> None:
         self.store = store
         self.run_id = run_id
         self.run_dir = Path(run_dir)
@@ -53,6 +55,9 @@ class StoreRecorder:
         self._pending: list[dict[str, Any]] = []
         self._last_flush = clock()
         self._finished = 0               # trainings done
+        self._restored: set[str] = set()  # trainings counted as done at their start (restored whole)
+        # The progress an earlier attempt reached (default: the store's): a resumed run's bar never drops.
+        self.floor = min(self._stored_progress() if floor is None else float(floor), 0.99)
         self._current: str | None = None
         self._step = 0
         self._total_steps = 0
@@ -64,16 +69,33 @@ class StoreRecorder:
 
     # -- progress -------------------------------------------------------------------------------
 
+    def _stored_progress(self) -> float:
+        try:
+            return float(self.store.get_run(self.run_id).progress)
+        except StoreError as err:  # a new run or an unreadable store: count from zero
+            log.debug("run %s: no stored progress to start from (%s)", self.run_id, err)
+            return 0.0
+
     @property
-    def progress(self) -> float:
+    def counted(self) -> float:
+        """Finished trainings over expected ones, plus the share done of the current one, in this attempt."""
         frac = min(self._step / self._total_steps, 1.0) if self._current and self._total_steps else 0.0
         # Below 1 until the run is finished: the comparison stage still runs after the last training.
         return min((self._finished + frac) / self.total, 0.99)
 
     @property
+    def progress(self) -> float:
+        """What the store shows: this attempt's count, never below what an earlier attempt reached.
+
+        A resumed run recounts from zero; until its restored trainings have been seen again, the
+        count is below the stored value, which therefore stays.
+        """
+        return max(self.counted, self.floor)
+
+    @property
     def eta(self) -> float | None:
-        """Seconds left, from the rate of progress since the baseline; None while unknown."""
-        p = self.progress
+        """Seconds left, from the rate of this attempt's count since the baseline; None while unknown."""
+        p = self.counted
         gained = p - self._base_progress
         elapsed = self.clock() - self._base_time
         if gained <= 0.005 or elapsed <= 0:
@@ -87,24 +109,33 @@ class StoreRecorder:
                 self._sync_results = True  # the previous stage just rewrote results.json
             return
         if event.kind == "start":
-            self._current = source
-            self._step = int(event.step or 0)
-            self._total_steps = int(event.metrics.get("total_steps", 0) or 0)
-            if self._step and not self._trained:
+            step = int(event.step or 0)
+            total_steps = int(event.metrics.get("total_steps", 0) or 0)
+            if total_steps and step >= total_steps:
+                # Restored whole from its checkpoint: finished as of now, not at its `done` event.
+                self._restored.add(source)
+                self._finished += 1
+                self._current, self._step, self._total_steps = None, 0, 0
+            else:
+                self._current, self._step, self._total_steps = source, step, total_steps
+            if step and not self._trained:
                 self._rebase()  # resumed from a checkpoint: restored steps took no time
         elif event.kind in ("step", "epoch") and source == self._current:
             self._step = int(event.step or self._step)
             self._trained = True
         elif event.kind == "done":
             was_trained = self._trained
-            self._finished += 1
+            if source in self._restored:
+                self._restored.discard(source)  # counted at its start already
+            else:
+                self._finished += 1
             self._current, self._step, self._total_steps = None, 0, 0
             if not was_trained:
                 self._rebase()  # a training restored whole from its checkpoint
 
     def _rebase(self) -> None:
         self._base_time = self.clock()
-        self._base_progress = self.progress
+        self._base_progress = self.counted
 
     # -- events ---------------------------------------------------------------------------------
 
