@@ -6,152 +6,23 @@ A KdlabError from any command is printed as `error: <one line>` on stderr with e
 
 from __future__ import annotations
 
-import logging
 import sys
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any
 
 import click
 
 from core import config as config_mod
+from core.cli_common import (EXIT_CANCELLED, KdlabGroup, ProgressBars, check_store_folder,  # noqa: F401
+                             config_source, configure_logging, data_dir_of, format_teacher_table, load_config,
+                             quiet_option, store_option)
 from core.errors import Cancelled, KdlabError
 from core.lifecycle import RunStatus, check_resumable, one_line
-from core.folders import probe_folder
-from core.store import (DEFAULT_DIR, ENV_VAR, NothingToRecover, RunStore, default_data_dir, expected_trainings,
-                        new_run_id, record_run, recover_store)
+from core.store import (DEFAULT_DIR, ENV_VAR, NothingToRecover, RunStore, expected_trainings, new_run_id,
+                        record_run, recover_store)
 from core.store.listing import format_reindex, format_runs
-from core.tables import Column, as_dict, fixed, mega, millions, text_table
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-STORE_HELP = f"Run store folder (default ${ENV_VAR} or ./{DEFAULT_DIR})."
-SET_HELP = "Override a config value, e.g. --set train.epochs=5 --set teachers.0.model=resnet18."
-EXIT_ERROR = 2        # bad input, as click's own usage errors
-EXIT_CANCELLED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
-
-
-class KdlabGroup(click.Group):
-    """The command group: every KdlabError a command raises becomes one line on stderr and exit 2."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except KdlabError as err:
-            click.echo(f"error: {one_line(err)}", err=True)
-            ctx.exit(EXIT_ERROR)
-
-
-# -- options used by several commands ------------------------------------------------------------
-
-def config_source(set_help: str = SET_HELP) -> Callable[[F], F]:
-    """The config a command reads: an optional CONFIG_FILE, --preset and repeated --set."""
-    def decorate(fn: F) -> F:
-        fn = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=set_help)(fn)
-        fn = click.option("--preset", "preset_name", help="A bundled preset (see `kdlab presets`).")(fn)
-        return click.argument("config_file", required=False, type=click.Path(dir_okay=False))(fn)
-    return decorate
-
-
-def store_option(help: str = STORE_HELP) -> Callable[[F], F]:
-    """--store: the run store's folder."""
-    return click.option("--store", "store_dir", type=click.Path(file_okay=False), help=help)
-
-
-quiet_option = click.option("--quiet", is_flag=True, help="No progress bars.")
-
-
-def _load(config_file: str | None, preset_name: str | None, overrides: Iterable[str]) -> config_mod.RunConfig:
-    return config_mod.load(config_file, preset_name, list(overrides))
-
-
-def _data_dir(store_dir: str | None) -> Path:
-    return Path(store_dir) if store_dir else default_data_dir()
-
-
-def _check_store_folder(data_dir: Path) -> None:
-    """Refuse a run store folder that cannot be created or written, naming --store (not the --out inside it)."""
-    probe_folder(data_dir, "--store")  # creates and writes a probe, then removes what it made
-
-
-# -- logging -------------------------------------------------------------------------------------
-
-class _StderrHandler(logging.StreamHandler):
-    """A handler writing to whatever sys.stderr is now (click's test runner swaps it per invocation)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.stream = sys.stderr  # emit runs under the handler's lock
-        super().emit(record)
-
-
-class _Formatter(logging.Formatter):
-    """`warning: message`, like the CLI's other messages (with the logger's name when verbose)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        record = logging.makeLogRecord(record.__dict__)
-        record.levelname = record.levelname.lower()
-        return super().format(record)
-
-
-def configure_logging(verbose: bool) -> None:
-    """Log the `core` packages to stderr: DEBUG with --verbose, else WARNING and above."""
-    logger = logging.getLogger("core")
-    for handler in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
-        logger.removeHandler(handler)  # a second invocation in one process (tests) replaces the first's
-    level = logging.DEBUG if verbose else logging.WARNING
-    handler = _StderrHandler()
-    handler.setFormatter(_Formatter("%(levelname)s %(name)s: %(message)s" if verbose else "%(levelname)s: %(message)s"))
-    handler.setLevel(level)  # the logger may be lowered for a run's own log file; the terminal keeps this level
-    logger.addHandler(handler)
-    logger.setLevel(level)
-
-
-# -- output --------------------------------------------------------------------------------------
-
-class ProgressBars:
-    """Event subscriber drawing one tqdm bar per model being trained (on stderr)."""
-
-    def __init__(self, enabled: bool = True) -> None:
-        from tqdm import tqdm
-        self._tqdm = tqdm
-        self.enabled = enabled
-        self._bar = None
-
-    def __call__(self, event) -> None:
-        if not self.enabled:
-            return
-        if event.kind == "start":
-            self._close()
-            total = int(event.metrics.get("total_steps", 0))
-            self._bar = self._tqdm(total=total, desc=event.source, unit="step", leave=True,
-                                   file=sys.stderr, dynamic_ncols=True)
-            self._bar.update(event.step or 0)
-        elif self._bar is not None and event.kind in ("step", "epoch") and event.step is not None:
-            self._bar.update(event.step - self._bar.n)
-            if event.kind == "epoch":
-                self._bar.set_postfix(epoch=event.epoch, val_acc=f"{event.metrics['val/acc']:.3f}",
-                                      val_loss=f"{event.metrics['val/loss']:.3f}")
-        elif event.kind in ("done", "failed", "cancelled"):
-            self._close()
-
-    def _close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-
-def format_teacher_table(teachers: Iterable[Any]) -> str:
-    """A plain-text table of teacher results (TeacherEntry models or dicts)."""
-    return text_table(teachers, [
-        Column("teacher", "name", left=True),
-        Column("seed", "seed"),
-        Column("params", "params", millions),
-        Column("MFLOPs", "flops", mega),
-        Column("test acc", "test_acc", fixed(4)),
-        Column("test nll", "test_nll", fixed(4)),
-        Column("train s", "train_seconds", fixed(1)),
-    ])
-
+from core.tables import Column, as_dict, millions, text_table
 
 # -- commands ------------------------------------------------------------------------------------
 
@@ -177,10 +48,10 @@ def run(config_file: str | None, preset_name: str | None, overrides: tuple[str, 
 
     if no_store and not out:
         raise KdlabError("--out", "--no-store needs an output folder", "give --out DIR, or drop --no-store")
-    cfg = _load(config_file, preset_name, overrides)
-    data_dir = _data_dir(store_dir)
+    cfg = load_config(config_file, preset_name, overrides)
+    data_dir = data_dir_of(store_dir)
     if not (no_store and out):  # the store folder gets the run's record, or its files
-        _check_store_folder(data_dir)
+        check_store_folder(data_dir)
     run_id = new_run_id(cfg.name)
     out_dir = Path(out) if out else data_dir / run_id
     prep = prepare(cfg, out_dir)
@@ -281,13 +152,13 @@ def sweep(config_file: str | None, preset_name: str | None, overrides: tuple[str
     from core.sweep_grid import check_grid, parse_axis
     from core.train import CancelToken, EventBus
 
-    cfg = _load(config_file, preset_name, overrides)
+    cfg = load_config(config_file, preset_name, overrides)
     axes = [parse_axis(g) for g in grid]
     points = check_grid(cfg, axes, seeds)  # every point validated before the banner promises it
     n_seeds = seeds or cfg.student.seeds
     if out is None:
-        _check_store_folder(_data_dir(store_dir))
-        out = str(_data_dir(store_dir) / f"sweep-{new_run_id(cfg.name)}")
+        check_store_folder(data_dir_of(store_dir))
+        out = str(data_dir_of(store_dir) / f"sweep-{new_run_id(cfg.name)}")
     click.echo(f"kdlab sweep: {cfg.name}, {points} point(s) x {n_seeds} seed(s) into {out}; teachers trained "
                "once", err=True)
     cancel = CancelToken()
@@ -327,7 +198,7 @@ def resume(run_id: str, store_dir: str | None, quiet: bool) -> None:
     """Continue an interrupted, failed or cancelled run of the store from its checkpoints."""
     from core.pipeline import prepare
 
-    store = RunStore(_data_dir(store_dir))
+    store = RunStore(data_dir_of(store_dir))
     record = store.get_run(run_id)
     check_resumable(run_id, record.status)
     if record.started is not None and not record.dir_exists:
@@ -348,7 +219,7 @@ def runs(ctx: click.Context, store_dir: str | None, statuses: tuple[str, ...], l
     ctx.obj = store_dir  # a subcommand without its own --store uses this one
     if ctx.invoked_subcommand is not None:
         return
-    store = RunStore(_data_dir(store_dir))
+    store = RunStore(data_dir_of(store_dir))
     df = store.list_runs(list(statuses) or None, limit=limit)
     if df.empty:
         click.echo(f"no runs in {store.data_dir}", err=True)
@@ -361,7 +232,7 @@ def runs(ctx: click.Context, store_dir: str | None, statuses: tuple[str, ...], l
 @click.pass_context
 def runs_reindex(ctx: click.Context, store_dir: str | None) -> None:
     """Add to the store the run folders in its folder that it does not know (after a lost or damaged kdlab.db)."""
-    store = RunStore(_data_dir(store_dir or ctx.obj))
+    store = RunStore(data_dir_of(store_dir or ctx.obj))
     click.echo(format_reindex(store.reindex()))
 
 
@@ -374,7 +245,7 @@ def store() -> None:
 @store_option()
 def store_recover(store_dir: str | None) -> None:
     """Move a damaged kdlab.db aside (kept as kdlab.db.damaged-<time>), start a fresh store, reindex the run folders."""
-    data_dir = _data_dir(store_dir)
+    data_dir = data_dir_of(store_dir)
     try:
         moved = recover_store(data_dir)
     except NothingToRecover as err:
@@ -424,7 +295,7 @@ def datasets() -> None:
 @config_source()
 def show_config(config_file: str | None, preset_name: str | None, overrides: tuple[str, ...]) -> None:
     """Print the full, validated config (every default filled in) as YAML."""
-    click.echo(_load(config_file, preset_name, overrides).to_yaml(), nl=False)
+    click.echo(load_config(config_file, preset_name, overrides).to_yaml(), nl=False)
 
 
 if __name__ == "__main__":
