@@ -18,6 +18,7 @@ from core.cli_common import (EXIT_CANCELLED, KdlabGroup, ProgressBars, check_sto
                              config_source, configure_logging, data_dir_of, format_teacher_table, load_config,
                              quiet_option, store_option)
 from core.errors import Cancelled, KdlabError
+from core.export.cli import export_command
 from core.lifecycle import RunStatus, check_resumable, one_line
 from core.store import (DEFAULT_DIR, ENV_VAR, NothingToRecover, RunStore, expected_trainings, new_run_id,
                         record_run, recover_store)
@@ -296,6 +297,9 @@ def datasets() -> None:
 def show_config(config_file: str | None, preset_name: str | None, overrides: tuple[str, ...]) -> None:
     """Print the full, validated config (every default filled in) as YAML."""
     click.echo(load_config(config_file, preset_name, overrides).to_yaml(), nl=False)
+
+
+main.add_command(export_command)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """The Export panel: pick a model of a run and formats, export in the background, see the checks, download a zip.
 
 `export_panel(run)` draws it for a run (a store record with `.id` and `.run_dir`, or a run/sweep
-folder). The export runs in a background thread (core.export.background) until the job queue takes
-export jobs; its progress refreshes every second while the rest of the page stays usable. A finished
+folder). The export is a job of the app's queue (core.jobs.ExportJob: it waits for the CPU worker
+like a run); its progress refreshes every second while the rest of the page stays usable. A finished
 export is read back from its folder, so a page reload still shows it and its download.
 """
 
@@ -17,9 +17,10 @@ import streamlit as st
 
 from core.errors import KdlabError
 from core.export import FORMATS, is_export_folder, model_names, read_card, zip_folder
+from dashboard.state import job_manager
 
 if TYPE_CHECKING:  # the exporter (torch, timm, onnx) loads when an export starts, not with the page
-    from core.export.background import ExportHandle
+    from core.jobs import ExportJob
 
 POLL_SECONDS = 1.0
 
@@ -33,7 +34,7 @@ def _folder_and_key(run: Any) -> tuple[Path, str]:
 
 
 def handle_key(run: Any) -> str:
-    """The session_state key holding this run's background export (an ExportHandle), once one started."""
+    """The session_state key holding this run's export job (a core.jobs.ExportJob), once one started."""
     return f"export_handle_{_folder_and_key(run)[1]}"
 
 
@@ -70,13 +71,13 @@ def _show_export(folder: Path, key: str) -> None:
 
 def _progress(state_key: str, key: str, polling: bool = False) -> None:
     """The export's progress while it runs (polling: inside the refreshing fragment), else how it ended."""
-    handle: ExportHandle | None = st.session_state.get(state_key)
+    handle: ExportJob | None = st.session_state.get(state_key)
     if handle is None:
         return
     if not handle.done:
         st.progress(handle.fraction, text=f"Exporting: {handle.message}")
         if st.button("Cancel export", key=f"export_cancel_{key}"):
-            handle.cancel()
+            job_manager().cancel_export(handle)
         return
     if polling:
         st.rerun(scope="app")  # redraw the whole panel: the Export button comes back, the result shows
@@ -113,10 +114,12 @@ def export_panel(run: Any) -> None:
     hkey = handle_key(run)
     running = st.session_state.get(hkey) is not None and not st.session_state[hkey].done
     if st.button("Export", key=f"export_start_{key}", disabled=running or not (formats or int8), type="primary"):
-        from core.export.background import start_export
-        st.session_state[hkey] = start_export(folder, out, model=model, formats=formats,
-                                              quantize="int8" if int8 else None, overwrite=overwrite,
-                                              int8_max_drop=max_drop / 100)
+        try:
+            st.session_state[hkey] = job_manager().submit_export(folder, out, model=model, formats=formats,
+                                                                 quantize="int8" if int8 else None,
+                                                                 overwrite=overwrite, int8_max_drop=max_drop / 100)
+        except KdlabError as err:
+            st.error(str(err))
         running = True
     if running:
         st.fragment(run_every=POLL_SECONDS)(_progress)(hkey, key, polling=True)

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from core import config
 from core.data import load_data
+from core.errors import KdlabError
 from core.export import ExportError, FormatUnsupported, VerificationFailed, export_model, runtime_points, zip_folder
 from core.export import formats as fmt
 from core.export.cli import export_command
@@ -393,3 +394,22 @@ def test_the_export_panel_exports_in_the_background_and_offers_the_zip(run_dir, 
     assert "onnxruntime int8" in set(tables[1]["runtime"])
     assert at.get("download_button"), "no download button"
     assert {p.name for p in out.iterdir()} >= {"model.safetensors", "model.onnx", "model.int8.onnx", "card.json"}
+
+
+def test_an_export_is_a_job_of_the_queue_and_waits_for_the_device(run_dir, tmp_path):
+    from core.jobs import JobManager
+    from core.store import RunStore
+    jobs = JobManager(RunStore(tmp_path / "store"), autostart=False)
+    job = jobs.submit_export(run_dir, tmp_path / "ship", formats=["safetensors"], timing_seconds=TIMING)
+    dropped = jobs.submit_export(run_dir, tmp_path / "never", formats=["safetensors"])
+    assert job.message == "waiting for the device" and not job.done  # no worker yet: it waits in the queue
+    with pytest.raises(KdlabError, match="already queued or running"):
+        jobs.submit_export(run_dir, tmp_path / "ship")
+    assert jobs.cancel_export(dropped) and dropped.done and dropped.cancelled
+    jobs.start()
+    assert job.wait(timeout=120) and job.error is None, job.error
+    assert job.result is not None and (tmp_path / "ship" / "card.json").is_file()
+    assert not (tmp_path / "never").exists() and "cancelled before it started" in dropped.message
+    failed = jobs.submit_export(tmp_path / "no-such-run", tmp_path / "x")
+    assert failed.wait(timeout=60) and failed.status == "failed" and "no-such-run" in failed.error
+    jobs.shutdown()

@@ -8,7 +8,8 @@
 Formats: safetensors, timm (hub folder for `timm.create_model("local-dir:DIR", pretrained=True)`),
 onnx (onnxruntime-checked), pt2 (torch.export); `quantize="int8"` adds onnxruntime static int8.
 Modules: layout (names), resolve (RUN/--model to a model), formats, quantize, verify, timing, card,
-readme, export (the orchestration), points (what pages read back), background (a thread), cli.
+readme, export (the orchestration), points (what pages read back), cli. The job manager queues
+exports as core.jobs.ExportJob.
 
 Names are imported on first use, so reading cards and points (a page) does not load torch.
 """
@@ -24,8 +25,7 @@ _WHERE = {
     "ExportError": "errors", "FormatUnsupported": "errors", "VerificationFailed": "errors",
     "ExportResult": "export", "check_out": "export", "export_model": "export", "parse_formats": "export",
     "is_export_folder": "points", "read_card": "points", "runtime_points": "points", "zip_folder": "points",
-    "model_names": "resolve", "resolve_source": "resolve", "start_export": "background",
-    "ExportHandle": "background",
+    "model_names": "resolve", "resolve_source": "resolve",
 }
 
 __all__ = ["FORMATS", *sorted(_WHERE)]

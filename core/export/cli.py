@@ -12,18 +12,15 @@ from pathlib import Path
 import click
 
 from core.errors import Cancelled, KdlabError
-from core.export.export import export_model
-from core.export.formats import FORMATS
-from core.export.verify import INT8_MAX_DROP
+from core.export.layout import FORMATS, INT8_MAX_DROP
 from core.lifecycle import one_line
-from core.train import Event
 
 EXIT_ERROR = 2
 EXIT_CANCELLED = 130
 
 
 def _progress(quiet: bool):
-    def show(event: Event) -> None:
+    def show(event) -> None:  # a core.train.Event
         if not quiet and event.kind == "stage":
             click.echo(f"export {event.metrics.get('step', 0):.0f}/{event.metrics.get('steps', 0):.0f}: "
                        f"{event.message}", err=True)
@@ -69,6 +66,8 @@ def _export(ctx: click.Context, run: str, model_name: str | None, formats: str, 
     command = " ".join(["kdlab", *[a if " " not in a else repr(a) for a in sys.argv[1:]]]) \
         if sys.argv and Path(sys.argv[0]).name == "kdlab" else None
     try:
+        from core.export.export import export_model  # torch, timm, onnx: only when an export runs
+
         result = export_model(run, out, model=model_name, formats=formats, quantize=quantize,
                               store_dir=store_dir, overwrite=overwrite, threads=threads,
                               int8_max_drop=int8_max_drop, timing_seconds=timing_seconds,

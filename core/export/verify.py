@@ -17,6 +17,7 @@ from torch import nn
 from core.evaluate import logits_metrics
 from core.export.errors import VerificationFailed
 from core.export.formats import INPUT_NAME
+from core.export.layout import INT8_MAX_DROP
 
 if TYPE_CHECKING:
     from core.data import DataBundle
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FP32_BOUND = 1e-4        # max |logit difference| an fp32 format may show against PyTorch (logit units)
-INT8_MAX_DROP = 0.01     # default: int8 may lose at most 1 point of test accuracy against fp32
 BATCH = 256              # images per call while verifying
 
 Runner = Callable[[np.ndarray], np.ndarray]   # float32 NCHW batch -> float32 logits

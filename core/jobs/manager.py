@@ -8,7 +8,8 @@ never touch the UI.
 Student sweeps share the same queue and workers, so a sweep waits for the run on its device and the
 other way round. A sweep is a folder (as with `kdlab sweep`), not a store row: its progress is kept
 here while it runs, and its results are in the folder's sweep.json after every point. One stopped by
-an app restart is resumed by submitting it again into its own folder (see `resume_sweep`).
+an app restart is resumed by submitting it again into its own folder (see `resume_sweep`). Exports
+(core.jobs.export_job) queue on the CPU worker the same way.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from core import config as config_mod
 from core.config import RunConfig
 from core.device import resolve_device
 from core.errors import KdlabError
+from core.jobs.export_job import ExportJob
 from core.jobs.job import Job, QueuedJob, SweepJob
 from core.lifecycle import RunStatus, check_resumable
 from core.store import Heartbeat, RunStore, StoreError, new_run_id
 from core.sweep_grid import Axis, check_grid, read_sweep_spec, sweep_trainings
+from core.threads import lower_priority
 from core.train import Event
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,7 @@ class JobManager:
         self._running: dict[str, QueuedJob] = {}   # by job key
         self._jobs: dict[str, Job] = {}            # every run given to this manager, by run id
         self._sweeps: dict[str, SweepJob] = {}     # every sweep, by folder name
+        self._exports: dict[str, ExportJob] = {}   # every export, by ExportJob.key_of(out)
         self._workers: dict[str, list[threading.Thread]] = {}
         self._started = autostart
         self._closed = False
@@ -146,7 +150,7 @@ class JobManager:
     # -- running --------------------------------------------------------------------------------
 
     def _worker(self, device: str) -> None:
-        from core.threads import lower_priority; lower_priority()  # noqa: E702 - the UI threads get the CPU first
+        lower_priority()  # the UI threads get the CPU first; training still has it when they are idle
         while True:
             with self._cv:
                 job = None
@@ -170,6 +174,29 @@ class JobManager:
                     job.on_finished(self)
                     job.finished.set()
                     self._cv.notify_all()
+
+    # -- exports --------------------------------------------------------------------------------
+
+    def submit_export(self, run: str | Path, out: str | Path, **options: Any) -> ExportJob:
+        """Queue an export of a run's model into `out` (options as core.export.export_model); returns the job.
+
+        It waits for the CPU worker like a run; bad input (run, model, formats, --out) fails the job
+        with its one-line message, which the job's `error` holds.
+        """
+        job = ExportJob(run, Path(out), dict(options))
+        with self._cv:
+            self._check_open()
+            earlier = self._exports.get(job.key)
+            if earlier is not None and not earlier.done:
+                raise JobError(f"export into {out}", "is already queued or running here", "wait for it")
+            self._check_room()
+            self._enqueue(job)
+        return job
+
+    def cancel_export(self, job: ExportJob) -> bool:
+        """Cancel a queued export, or stop a running one at its next check; False if it had ended."""
+        with self._cv:
+            return self._cancel(job)
 
     # -- sweeps ---------------------------------------------------------------------------------
 
