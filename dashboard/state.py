@@ -1,22 +1,40 @@
-"""Cached reads of the engine for pages (keyed by JSON strings so Streamlit can hash them)."""
+"""Cached reads of the engine for pages (keyed by JSON strings or plain values so Streamlit can hash them).
+
+torch, timm and the data loaders are imported inside the functions that need them (the Setup page):
+the Runs, Trade-off, Compare and Learn pages import this module without paying for them.
+"""
 
 from __future__ import annotations
 
-import json
+import logging
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import streamlit as st
-import torch
 
-from core.config import DataConfig, RunConfig
-from core.data import load_data
-from core.models import ModelSpec, model_card
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+    from core.config import DataConfig
+    from core.store import RunStore
+
+log = logging.getLogger(__name__)
+
+LIVE_TTL = 1.0  # seconds a cached listing may lag the store: live pages poll every 2 s
+TeacherSpec = tuple[str, str, int, "float | None", "float | None"]  # display, model, seeds, width, depth
 
 
 @st.cache_data(show_spinner="Loading data set...")
-def data_preview(data_json: str, per_class: int = 2) -> dict:
-    """Split sizes and a few sample images per class (CPU, uint8) for a data config."""
-    bundle = load_data(DataConfig.model_validate(json.loads(data_json)), torch.device("cpu"))
+def data_preview(data_json: str, _data: DataConfig, per_class: int = 2) -> dict:
+    """Split sizes and a few sample images per class (CPU, uint8) for a data config.
+
+    Keyed by `data_json` (the config's JSON); `_data` is the same config already validated by the form
+    (the leading underscore keeps Streamlit from hashing it), so nothing is validated twice.
+    """
+    import torch
+
+    from core.data import load_data
+    bundle = load_data(_data, torch.device("cpu"))
     picks = []
     for label in range(bundle.num_classes):
         picks.extend((bundle.train.y == label).nonzero().flatten()[:per_class].tolist())
@@ -28,13 +46,14 @@ def data_preview(data_json: str, per_class: int = 2) -> dict:
 
 
 @st.cache_data(show_spinner="Counting parameters and FLOPs...")
-def teacher_cards(run_json: str, num_classes: int, in_chans: int) -> pd.DataFrame:
-    """Params and FLOPs of each teacher of a run config, before any training."""
-    cfg = RunConfig.model_validate(json.loads(run_json))
+def teacher_cards(teachers: tuple[TeacherSpec, ...], num_classes: int, in_chans: int,
+                  image_size: int) -> pd.DataFrame:
+    """Params and FLOPs of each teacher (display, model, seeds, width, depth), before any training."""
+    from core.models import ModelSpec, model_card
     rows = []
-    for t in cfg.teachers:
-        card = model_card(ModelSpec(t.model, t.width, t.depth), num_classes, in_chans, cfg.data.image_size)
-        rows.append({"teacher": t.display, "model": t.model, "seeds": t.seeds,
+    for display, model, seeds, width, depth in teachers:
+        card = model_card(ModelSpec(model, width, depth), num_classes, in_chans, image_size)
+        rows.append({"teacher": display, "model": model, "seeds": seeds,
                      "params": card["params"], "flops": card["flops"]})
     return pd.DataFrame(rows)
 
@@ -51,12 +70,12 @@ def run_store():
     return job_manager().store
 
 
-def student_card(run_json: str, num_classes: int, in_chans: int) -> dict:
-    """Params and FLOPs of the student of a run config."""
-    cfg = RunConfig.model_validate(json.loads(run_json))
-    s = cfg.student
-    return model_card(ModelSpec(s.model, s.width, s.depth), num_classes, in_chans, cfg.data.image_size,
-                      field="student.model")
+@st.cache_data(show_spinner=False)
+def student_card(model: str, width: float | None, depth: float | None, num_classes: int, in_chans: int,
+                 image_size: int) -> dict:
+    """Params and FLOPs of a student (timm name, width and depth multipliers)."""
+    from core.models import ModelSpec, model_card
+    return model_card(ModelSpec(model, width, depth), num_classes, in_chans, image_size, field="student.model")
 
 
 def pick_run_with_results(key: str):
@@ -88,8 +107,64 @@ def test_outputs(run_dir: str, name: str) -> dict | None:
     from safetensors.numpy import load_file
     path = Path(run_dir) / name
     if not name or not path.is_file():
+        # An older run, or one whose folder moved: the page says so and shows the rest.
+        log.info("run folder %s has no per-example outputs file %r", run_dir, name)
         return None
     try:
         return load_file(str(path))
-    except Exception:  # noqa: BLE001 - a damaged artifact is reported, not raised
+    except Exception as err:  # noqa: BLE001 - any reader error means the same: no per-example panels
+        # Safe to swallow: the page says the outputs are missing and draws every panel that needs only
+        # results.json; the log keeps what was wrong with the file.
+        log.warning("%s cannot be read (%s: %s); the Diagnostics page shows it as missing", path,
+                    type(err).__name__, err)
         return None
+
+
+# -- live reads of the run store (Runs page) ------------------------------------------------------
+# Keyed by the store's folder, so two stores (tests, --store) never share an entry.
+
+
+@st.cache_data(ttl=LIVE_TTL, show_spinner=False, max_entries=4)
+def run_listing(data_dir: str) -> pd.DataFrame:
+    """The store's run listing, shared by the reruns (fragments, sessions) of the last LIVE_TTL seconds."""
+    return _store_for(data_dir).list_runs()
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _metric_frame(data_dir: str, run_id: str, kind: str, version: float) -> pd.DataFrame:
+    # Shared, not copied (cache_resource): callers only read it. `version` (the run row's `updated`)
+    # changes with every progress update, so a training run is read again and a finished one never.
+    store = _store_for(data_dir)
+    return store.epoch_metrics(run_id) if kind == "epoch" else store.step_metrics(run_id)
+
+
+def metric_names(data_dir: str, run_id: str, kind: str, version: float) -> list[str]:
+    """The metrics a run recorded per `kind` ('epoch' or 'step'), in the order first seen."""
+    return list(dict.fromkeys(_metric_frame(data_dir, run_id, kind, version)["metric"]))
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def curve_figure(data_dir: str, run_id: str, kind: str, metrics: tuple[str, ...], version: float) -> go.Figure:
+    """Live curves of a run's metrics against `kind` ('epoch' or 'step'), one panel each, built once per
+    version of the run.
+
+    The figure is shared between reruns and sessions; st.plotly_chart only reads it. Step series come
+    from the store already downsampled (RunStore.step_metrics); the figure cuts nothing further.
+    """
+    from dashboard import figures
+    frame = _metric_frame(data_dir, run_id, kind, version)
+    if len(metrics) > 1:
+        return figures.training_curves_side_by_side(frame, metrics, x=kind)
+    fig = figures.training_curves(frame, metrics[0], x=kind)
+    if kind == "step" and not figures.is_empty(fig):
+        fig.update_layout(title=f"{metrics[0]} per step (every train.log_every steps)")
+    return fig
+
+
+def _store_for(data_dir: str) -> RunStore:
+    """The shared manager's store when it is that folder (the usual case), else a store opened on it."""
+    store = run_store()
+    if str(store.data_dir) == data_dir:
+        return store
+    from core.store import RunStore
+    return RunStore(data_dir)

@@ -9,10 +9,11 @@ from typing import Any
 
 import streamlit as st
 
-from core.config import RunConfig
+from core.config import RunConfig, StudentConfig
 from core.errors import KdlabError
 from core.store import ACTIVE
 from core.sweep_grid import COMMON_AXES, grid_points, parse_axis, read_sweep_spec, sweep_trainings
+from dashboard import fields
 from dashboard.state import job_manager
 
 REFRESH_SECONDS = 2.0  # the progress panel polls the job manager this often
@@ -38,8 +39,10 @@ def launcher(cfg: RunConfig | None) -> None:
             values = right.text_input(f"Values of axis {i + 1}", key=f"sweep_values_{i}",
                                       placeholder="e.g. 1, 2, 4", disabled=not name)
             rows.append((name, values))
-        seeds = st.columns([1, 3])[0].number_input("Student seeds per point", 1, 20,
-                                                   cfg.student.seeds if cfg else 3, key="sweep_seeds")
+        # StudentConfig.seeds' range and help; the form's student seeds as the starting value
+        seeds = fields.number_input_for(StudentConfig, "seeds", {"seeds": cfg.student.seeds} if cfg else {},
+                                        key="sweep_seeds", label="Student seeds per point",
+                                        container=st.columns([1, 3])[0])
         try:
             axes = axes_from_form(rows)
         except KdlabError as err:

@@ -28,6 +28,16 @@ def charts(at: AppTest) -> list[dict]:
     return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
 
 
+def _values(array) -> list:
+    """A plotly JSON array as a list: plain, or the typed form ({"dtype", "bdata"}) plotly >= 6 writes."""
+    if isinstance(array, dict):
+        import base64
+
+        import numpy as np
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=array["dtype"]).tolist()
+    return list(array)
+
+
 @pytest.fixture(scope="module")
 def finished_run():
     """A tiny run launched from the Setup page and trained by the shared JobManager."""
@@ -63,13 +73,31 @@ def test_setup_shows_the_scheme_formula_and_student_ratio():
 
 
 def test_runs_page_lists_the_run_with_progress_and_curves(finished_run):
+    from dashboard.state import run_store
     at = page("runs")
     at.session_state["selected_run"] = finished_run
     at.run()
     assert not at.exception, at.exception
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["status"] == "done" and metrics["progress"] == "100%"
-    assert len(charts(at)) == 2  # val loss and val accuracy per model per epoch
+    (epochs,) = charts(at)  # val loss and val accuracy per model per epoch, two panels of one chart
+    assert [a["text"] for a in epochs["layout"]["annotations"]] == ["val/loss", "val/acc"]
+    stored = run_store().epoch_metrics(finished_run)
+    sources = set(stored["source"])
+    assert {t["name"] for t in epochs["data"]} == sources and len(epochs["data"]) == 2 * len(sources)
+    assert sum(t.get("showlegend", True) is not False for t in epochs["data"]) == len(sources)  # one legend
+    at.segmented_control(key=f"curves_{finished_run}").set_value("per step").run()
+    assert not at.exception, at.exception
+    (steps,) = charts(at)  # the step metric instead
+    # The step curves are the store's step events, one line per trained model, in step order.
+    stored = run_store().step_metrics(finished_run, ["train/loss"])
+    assert steps["layout"]["title"]["text"].startswith("train/loss per step")
+    assert steps["layout"]["xaxis"]["title"]["text"] == "step"
+    assert {t["name"] for t in steps["data"]} == set(stored["source"])
+    for trace in steps["data"]:
+        xs = _values(trace["x"])
+        assert list(xs) == sorted(stored.loc[stored["source"] == trace["name"], "step"])
+    assert at.selectbox(key=f"step_metric_{finished_run}").value == "train/loss"  # the run also logged lr
 
 
 def test_tradeoff_page_plots_and_offers_the_csv(finished_run):
@@ -88,7 +116,10 @@ def test_diagnostics_page_draws_every_panel(finished_run):
     at.session_state["selected_run"] = finished_run
     at.run()
     assert not at.exception, at.exception
-    assert len(charts(at)) >= 7  # bvd, growth, student variance, correlation, reliability, weights, gallery
+    drawn = charts(at)
+    assert len(drawn) >= 7  # bvd, growth, student variance, correlation, reliability, weights, gallery
+    empty = [c["layout"].get("meta", {}).get("message") for c in drawn if c["layout"].get("meta", {}).get("empty")]
+    assert not empty, empty  # every panel has data (results.json v2 writes "error": null when all went well)
 
 
 def test_compare_loads_a_config_back_into_setup(finished_run):

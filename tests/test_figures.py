@@ -54,34 +54,27 @@ def single_draw_diag():
 
 # ---------- downsample and training curves ----------
 
-def test_downsample_keeps_endpoints_length_and_a_spike():
-    x = np.arange(10_000)
-    y = np.sin(x / 500.0)
+def test_curves_use_the_stores_downsampler_and_keep_a_spike():
+    import dashboard.figures.curves as curves
+    from core.store import frames
+    assert curves.downsample is frames.downsample  # one downsampler in the code base
+    assert not hasattr(figures, "downsample")
+    y = np.sin(np.arange(10_000) / 500.0)
     y[4321] = 25.0  # one spike a stride would very likely skip
-    xs, ys = figures.downsample(x, y, 2_000)
-    assert len(xs) == len(ys) == 2_000
-    assert (xs[0], ys[0]) == (0, y[0]) and (xs[-1], ys[-1]) == (9_999, y[-1])
-    assert np.all(np.diff(xs) > 0)
-    assert 4321 in xs and ys.max() == 25.0
-    assert set(xs) <= set(x)  # only points of the series, never interpolated ones
+    frame = pd.DataFrame({"source": "teacher/a/s0", "step": np.arange(10_000), "metric": "train/loss", "value": y})
+    line = figures.training_curves(frame, "train/loss", x="step", max_points=2_000).data[0]
+    xs = np.asarray(line.x)
+    assert len(xs) <= 2_000 and xs[0] == 0 and xs[-1] == 9_999 and np.all(np.diff(xs) > 0)
+    assert 4321 in xs and max(line.y) == 25.0
+    assert set(xs) <= set(range(10_000))  # only points of the series, never interpolated ones
 
 
-def test_downsample_short_series_unchanged_and_bad_input():
-    xs, ys = figures.downsample([1, 2, 3], [0.5, 0.2, 0.1], 2_000)
-    assert list(xs) == [1, 2, 3] and list(ys) == [0.5, 0.2, 0.1]
-    with pytest.raises(ValueError, match="at least 3"):
-        figures.downsample(np.arange(10), np.arange(10), 2)
-    with pytest.raises(ValueError, match="ascending"):
-        figures.downsample(np.arange(10)[::-1], np.arange(10), 5)
-    with pytest.raises(ValueError, match="same length"):
-        figures.downsample(np.arange(10), np.arange(9), 5)
-
-
-def test_downsample_tolerates_nan_values():
+def test_curves_tolerate_nan_values():
     y = np.linspace(1, 0, 1_000)
     y[500:600] = np.nan  # a diverged stretch
-    xs, ys = figures.downsample(np.arange(1_000), y, 50)
-    assert len(xs) == 50 and xs[0] == 0 and xs[-1] == 999
+    frame = pd.DataFrame({"source": "teacher/a/s0", "step": np.arange(1_000), "metric": "train/loss", "value": y})
+    line = figures.training_curves(frame, "train/loss", x="step", max_points=50).data[0]
+    assert 3 <= len(line.x) <= 50 and line.x[0] == 0 and line.x[-1] == 999
 
 
 def test_source_kind():
@@ -111,8 +104,25 @@ def test_training_curves_one_line_per_source_coloured_by_kind():
     assert colours[3] == figures.KIND_COLOURS["student kd"]
     assert fig.data[0].line.dash != fig.data[1].line.dash  # two teacher models told apart
     long = fig.data[1]
-    assert len(long.x) == 500 and long.x[0] == 0 and long.x[-1] == 9_999  # sorted, then downsampled
+    assert 400 <= len(long.x) <= 500 and long.x[0] == 0 and long.x[-1] == 9_999  # sorted, then downsampled
+    assert np.all(np.diff(np.asarray(long.x)) > 0)
     assert list(fig.data[2].y) == [1.0, 0.8, 0.7]
+
+
+def test_training_curves_side_by_side_share_one_legend():
+    frame = _curve_frame()
+    frame = pd.concat([frame, frame.assign(metric="train/acc", value=0.5)], ignore_index=True)
+    fig = figures.training_curves_side_by_side(frame, ["train/loss", "train/acc"], x="step", max_points=500)
+    assert [a.text for a in fig.layout.annotations] == ["train/loss", "train/acc"]
+    names = [t.name for t in fig.data]
+    assert names[:4] == names[4:] == ["teacher/effnet/s0", "teacher/resnet10t/s0", "student/scratch/s0",
+                                      "student/kd-r1/s0"]
+    assert [t.showlegend for t in fig.data] == [True] * 4 + [False] * 4  # one entry per model ...
+    assert [t.legendgroup for t in fig.data[:4]] == names[:4]  # ... toggling it in both panels
+    assert {t.xaxis for t in fig.data[:4]} == {"x"} and {t.xaxis for t in fig.data[4:]} == {"x2"}
+    only = figures.training_curves_side_by_side(frame, ["train/loss", "val/nll"], x="step")
+    assert [a.text for a in only.layout.annotations] == ["train/loss"]  # a metric with no values is left out
+    assert figures.is_empty(figures.training_curves_side_by_side(frame, ["val/nll"], x="step"))
 
 
 def test_training_curves_default_x_empty_and_missing_columns():
@@ -156,7 +166,7 @@ def test_pareto_front_latency_and_params():
 
 def test_tradeoff_markers_error_bars_and_step_front():
     fig = figures.tradeoff(ROWS, x="latency_ms")
-    assert _names(fig) == ["teacher", "ensemble", "student", "Pareto front"]
+    assert _names(fig) == ["teacher", "ensemble", "student", "Pareto front", "labels"]  # room for every name
     assert fig.layout.xaxis.type == "log"
     teachers = fig.data[0]
     assert list(teachers.x) == [1.0, 2.0, 20.0] and list(teachers.error_y.array) == [0.01] * 3
@@ -165,21 +175,95 @@ def test_tradeoff_markers_error_bars_and_step_front():
     assert list(front.x) == [1.0, 3.0, 20.0] and list(front.y) == [0.70, 0.80, 0.90]
     assert front.line.shape == "hv"
     assert list(fig.data[2].x) == [10.0]  # the unmeasured student is left out ...
-    assert "1 method(s)" in fig.layout.annotations[0].text  # ... and says so
+    assert "1 method(s)" in fig.layout.title.text  # ... and says so
 
 
 def test_tradeoff_labels_of_coincident_points_are_merged():
     rows = [_row("student/scratch", "student", 0.5, 2.0, 1e5), _row("student/kd", "student", 0.5, 2.0, 1e5),
             _row("teacher", "teacher", 0.7, 4.0, 1e6)]
     fig = figures.tradeoff(rows, x="params")
-    assert list(fig.data[1].text) == ["student/scratch, student/kd", ""]
+    labels = next(t for t in fig.data if t.name == "labels")
+    assert sorted(labels.text) == ["student: scratch, kd", "teacher"]  # one label for the shared point
     assert list(fig.data[1].hovertext) == ["student/scratch", "student/kd"]
 
 
-def test_tradeoff_empty_and_bad_rows():
-    assert "comparison" in _message(figures.tradeoff([]))
-    with pytest.raises(ValueError, match="test_acc_mean"):
-        figures.tradeoff([{"method": "m", "kind": "teacher", "latency_ms": 1.0}])
+# The comparison of a digits-demo run: six ensembles at one cost with close accuracies, teachers and
+# students in a cluster each (what made the labels print over each other).
+CROWDED = [_row("resnet10t", "teacher", 0.9805, 2.34, 1.23e6), _row("test_efficientnet", "teacher", 0.9819, 1.41, 1.0e5),
+           _row("test_byobnet", "teacher", 0.9749, 1.60, 2.0e5),
+           *[_row(f"ensemble/{s}", "ensemble", a, 10.69, 3.08e6, std=0.0) for s, a in
+             (("mean_prob", 0.9944), ("mean_logit", 0.9944), ("vote", 0.9944), ("learned", 0.9861),
+              ("stacking", 0.9916), ("uncertainty", 0.9916))],
+           _row("student/scratch", "student", 0.9266, 1.07, 8.0e4, std=0.018),
+           _row("student/kd", "student", 0.9369, 1.07, 8.0e4, std=0.015)]
+
+
+def _label_boxes(fig, canvas):
+    """The pixel box of every drawn label, on the canvas the figure placed its labels on."""
+    (x0, x1), (y0, y1) = fig.layout.xaxis.range, fig.layout.yaxis.range
+    labels = next(t for t in fig.data if t.name == "labels")
+    assert labels.textposition == "middle center"  # drawn centred on the box it was placed in
+    boxes = []
+    for x, y, text in zip(labels.x, labels.y, labels.text):
+        cx, cy = (math.log10(x) - x0) / (x1 - x0) * canvas.width, (y - y0) / (y1 - y0) * canvas.height
+        w, h = canvas.size(text)
+        boxes.append((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
+    return boxes, list(labels.text)
+
+
+def _marker_boxes(fig, canvas):
+    (x0, x1), (y0, y1) = fig.layout.xaxis.range, fig.layout.yaxis.range
+    return [canvas.marker((math.log10(x) - x0) / (x1 - x0) * canvas.width, (y - y0) / (y1 - y0) * canvas.height)
+            for t in fig.data if t.mode == "markers" and t.x[0] is not None for x, y in zip(t.x, t.y)]
+
+
+def _apart(a, b) -> bool:
+    return a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1]
+
+
+@pytest.mark.parametrize("cost", ["latency_ms", "params"])
+def test_tradeoff_labels_never_overlap_and_the_rest_are_in_the_legend(cost):
+    from dashboard.figures.pareto import CANVAS
+    fig = figures.tradeoff(CROWDED, x=cost)
+    boxes, texts = _label_boxes(fig, CANVAS)
+    markers = _marker_boxes(fig, CANVAS)
+    assert len(markers) == len(CROWDED)
+    for i, a in enumerate(boxes):
+        assert a[0] >= 0 and a[1] >= 0 and a[2] <= CANVAS.width and a[3] <= CANVAS.height, a  # inside the plot
+        assert all(_apart(a, b) for b in boxes[i + 1:]), texts[i]
+        # a label covers no marker, except those of the cluster it names (it sits beside them)
+        named = [m for m, r in zip(markers, _by_trace_order(fig)) if r.split("/")[-1] in texts[i]]
+        assert all(_apart(a, m) for m in markers if m not in named), texts[i]
+    # Every method is named: in a label, or in a legend entry of its own (numbered when the number fits).
+    entries = [t.name for t in fig.data if t.mode == "markers" and t.x[0] is None]
+    for row in CROWDED:
+        short = row["method"].split("/")[-1]
+        assert any(short in t for t in texts) or any(short in e for e in entries), row["method"]
+    assert entries, "six ensembles at one cost and a cluster of teachers cannot all be named in place"
+    numbers = sorted(int(e.split()[0]) for e in entries if e.split()[0].isdigit())
+    assert numbers == list(range(1, len(numbers) + 1))
+    assert sorted(int(t) for t in texts if t.isdigit()) == numbers  # each number is drawn by its points
+    assert fig.layout.legend.orientation == "h"
+
+
+def _by_trace_order(fig):
+    """Method names in the order _marker_boxes lists the markers."""
+    return [h for t in fig.data if t.mode == "markers" and t.x[0] is not None for h in t.hovertext]
+
+
+def test_place_labels_moves_a_label_aside_or_gives_up():
+    from dashboard.figures.labels import Canvas, place_labels
+    canvas = Canvas()
+    a, b = canvas.marker(150, 100), canvas.marker(170, 100)
+    markers = [(a, 0), (b, 1)]
+    first, second = place_labels([a, b], ["left one", "right one"], canvas, markers=markers)
+    assert first is not None and second is not None and _apart(first, second)
+    assert _apart(first, b) and _apart(second, a)  # neither covers the other's marker
+    # A label wider than the plot has no place at all; an empty one is not placed.
+    assert place_labels([a], ["x" * 100], Canvas(width=200)) == [None]
+    assert place_labels([a], [""]) == [None]
+    with pytest.raises(ValueError, match="one text per anchor"):
+        place_labels([a], ["a", "b"])
 
 
 # ---------- bias, variance, diversity ----------
@@ -221,8 +305,9 @@ def test_bvd_bars_single_draw_shows_member_loss_and_reason(single_draw_diag):
     assert fig.data[0].y[0] == pytest.approx(terms["member_loss"])
 
 
-def test_bvd_bars_error_and_bad_input():
+def test_bvd_bars_error_and_bad_input(diag):
     assert "out of memory" in _message(figures.bvd_bars({"error": "out of memory"}))
+    assert not figures.is_empty(figures.bvd_bars({**diag, "error": None}))  # v2 results: no error is null
     with pytest.raises(ValueError, match="diagnostics dict"):
         figures.bvd_bars([1, 2])
 
@@ -448,14 +533,22 @@ def test_learn_page_runs_and_reacts_to_the_temperature():
     at = AppTest.from_file(LEARN_PAGE, default_timeout=60)
     at.run()
     assert not at.exception, at.exception
-    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-    assert len(charts) == 5
-    assert len(at.latex) >= 8
     assert [t.label for t in at.tabs] == ["Averaging: variance, not bias", "Average logits",
                                          "Temperature and alpha", "Ensemble or student?"]
+    # Lazy tabs: only the open tab is drawn; every tab, opened in turn, draws its own charts.
+    per_tab = {}
+    for tab in (t.label for t in at.tabs):
+        at.session_state["learn_tab"] = tab
+        at.run()
+        assert not at.exception, (tab, at.exception)
+        per_tab[tab] = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    assert [len(c) for c in per_tab.values()] == [1, 1, 2, 1]
+    assert len(at.latex) >= 1
+    at.session_state["learn_tab"] = "Temperature and alpha"
+    at.run()
     before = [m.value for m in at.metric]
     at.slider(key="kd_temperature").set_value(1.0).run()
     assert not at.exception
     after = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-    assert after[2]["layout"]["title"]["text"].startswith("T = 1:")
+    assert after[0]["layout"]["title"]["text"].startswith("T = 1:")
     assert [m.value for m in at.metric] != before

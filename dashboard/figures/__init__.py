@@ -12,7 +12,7 @@ students, a diagnostics dict that recorded an error) gives `empty_figure(message
 
 from dashboard.figures.base import KIND_COLOURS, empty_figure, is_empty
 from dashboard.figures.compare import ABSENT, config_diff, flatten
-from dashboard.figures.curves import MAX_POINTS, downsample, source_kind, training_curves
+from dashboard.figures.curves import MAX_POINTS, source_kind, training_curves, training_curves_side_by_side
 from dashboard.figures.diagnostics import (bins_ece, bvd_bars, disagreement_heatmap, diversity_growth,
                                            error_correlation_heatmap, reliability_diagram, student_variance)
 from dashboard.figures.outputs import disagreement_gallery, weights_histogram
@@ -24,8 +24,8 @@ from dashboard.figures.sweep import sweep_chart
 
 __all__ = ["ABSENT", "COSTS", "KIND_COLOURS", "MAX_POINTS", "averaging_demo", "bins_ece", "bvd_bars",
            "centroid_demo", "centroids", "config_diff", "deployment_cost", "disagreement_gallery",
-           "disagreement_heatmap", "diversity_growth", "downsample", "empty_figure",
+           "disagreement_heatmap", "diversity_growth", "empty_figure",
            "error_correlation_heatmap", "flatten", "is_empty", "kd_gradient_scale", "kd_loss_parts",
            "model_cost_bars", "pareto_front", "reliability_diagram", "sample_grid", "softmax",
            "softmax_temperature", "source_kind", "student_variance", "sweep_chart", "tradeoff",
-           "training_curves", "weights_histogram"]
+           "training_curves", "training_curves_side_by_side", "weights_histogram"]

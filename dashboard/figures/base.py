@@ -44,6 +44,29 @@ def is_empty(fig: go.Figure) -> bool:
     return isinstance(meta, Mapping) and bool(meta.get("empty"))
 
 
+# Characters of a chart title that fit on one line (plotly titles never wrap: a long one is cut off at the
+# chart's edge). Measured on the 1400 px wide page of the screenshots: a half-page chart is about 460 px
+# wide and the title font about 7 px per character.
+HALF_WIDTH_CHARS = 58
+FULL_WIDTH_CHARS = 120
+TITLE_LINE_PX = 22
+
+
+def set_title(fig: go.Figure, text: str, chars: int = HALF_WIDTH_CHARS, top_px: int = 18,
+              note: str | None = None) -> go.Figure:
+    """Title `fig` with `text` broken into lines of at most `chars` characters, an optional `note` in
+    small type under it, and room above the plot for every line (`top_px` more for subplot titles)."""
+    lines = textwrap.wrap(str(text), chars) or [str(text)]
+    if note:
+        lines += [f"<span style='font-size:11px;font-weight:normal'>{line}</span>"
+                  for line in textwrap.wrap(note, int(chars * 1.4))]
+    # Pinned to the top of the figure (not centred in the margin), so lines added below it push the plot
+    # and its subplot titles down instead of running into them.
+    fig.update_layout(title=dict(text="<br>".join(lines), y=1, yref="container", yanchor="top", pad=dict(t=10)),
+                      margin=dict(t=10 + top_px + TITLE_LINE_PX * len(lines)))
+    return fig
+
+
 def wrap(text: str, width: int = 100) -> str:
     """`text` broken into lines of at most `width` characters with <br> (plotly annotations do not wrap)."""
     return "<br>".join(textwrap.wrap(str(text), width)) or str(text)
@@ -64,7 +87,7 @@ def diag_problem(diag: Any) -> str | None:
     if not isinstance(diag, Mapping):
         raise ValueError(f"expected the diagnostics dict of results.json (diagnose() output), got "
                          f"{type(diag).__name__}")
-    if "error" in diag:
+    if diag.get("error"):  # results.json v2 writes "error": null when the diagnostics went fine
         return f"the diagnostics failed in this run: {diag['error']}"
     return None
 

@@ -1,62 +1,25 @@
-"""Live training curves: one line per model draw, coloured by kind, downsampled for the browser."""
+"""Live training curves: one line per model draw, coloured by kind, downsampled for the browser.
+
+A browser draws a few thousand points per line without stutter; longer series are cut to
+`MAX_POINTS` per line by `core.store.frames.downsample` (first, last, and each bucket's min and max,
+so a loss spike stays visible).
+"""
 
 from __future__ import annotations
 
-import numpy as np
+from typing import Sequence
+
 import pandas as pd
-from numpy.typing import ArrayLike
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
-from dashboard.figures.base import KIND_COLOURS, empty_figure
+# The store's downsampler, the only one: the store applies it to step series, this module to whatever
+# frame it is given, so a series looks the same however it reached the figure.
+from core.store.frames import MAX_POINTS, downsample
+from dashboard.figures.base import KIND_COLOURS, empty_figure, is_empty
 
-MAX_POINTS = 2_000  # per series: a browser draws a few thousand points per line without stutter
 KIND_ORDER = ("teacher", "student scratch", "student kd", "student", "other")
 DASHES = ("solid", "dot", "dash", "dashdot", "longdash", "longdashdot")
-
-
-def _lttb_indices(x: np.ndarray, y: np.ndarray, n_out: int) -> np.ndarray:
-    """Largest-triangle-three-buckets (Steinarsson 2013): indices of n_out points, first and last kept.
-
-    The interior points are cut into n_out - 2 buckets; from each bucket the point forming the largest
-    triangle with the point kept before it and the mean of the next bucket is kept, so peaks and
-    dips survive where a stride would skip them.
-    """
-    n = len(x)
-    edges = np.linspace(1, n - 1, n_out - 1).astype(np.int64)  # n_out - 2 buckets over 1 .. n - 2
-    keep = np.empty(n_out, dtype=np.int64)
-    keep[0], keep[-1] = 0, n - 1
-    a = 0
-    for b in range(n_out - 2):
-        lo, hi = edges[b], edges[b + 1]
-        if b + 2 < len(edges):
-            nxt = slice(edges[b + 1], edges[b + 2])
-            cx, cy = x[nxt].mean(), y[nxt].mean()
-        else:
-            cx, cy = x[-1], y[-1]
-        area = np.abs((x[a] - cx) * (y[lo:hi] - y[a]) - (x[a] - x[lo:hi]) * (cy - y[a]))
-        # NaN values (a diverged loss) give NaN areas: never preferred, but a bucket of NaNs keeps one
-        a = lo + int(np.argmax(np.nan_to_num(area, nan=-1.0)))
-        keep[b + 1] = a
-    return keep
-
-
-def downsample(x: ArrayLike, y: ArrayLike, max_points: int = MAX_POINTS) -> tuple[np.ndarray, np.ndarray]:
-    """At most `max_points` points of the series (x ascending) by LTTB; first and last point always kept.
-
-    A series that is already short enough comes back unchanged (as arrays).
-    """
-    x, y = np.asarray(x), np.asarray(y, dtype=float)
-    if x.ndim != 1 or x.shape != y.shape:
-        raise ValueError(f"downsample needs two 1-D arrays of the same length, got {x.shape} and {y.shape}")
-    if max_points < 3:
-        raise ValueError(f"max_points must be at least 3 (first, last and one more point), got {max_points}")
-    if len(x) <= max_points:
-        return x.copy(), y.copy()
-    xf = x.astype(float)
-    if np.any(np.diff(xf) < 0):
-        raise ValueError("downsample needs x in ascending order; sort the series by x first")
-    keep = _lttb_indices(xf, y, max_points)
-    return x[keep], y[keep]
 
 
 def source_kind(source: str) -> str:
@@ -82,7 +45,8 @@ def _model_of(source: str) -> str:
 
 def training_curves(frame: pd.DataFrame, metric: str, x: str | None = None,
                     max_points: int = MAX_POINTS) -> go.Figure:
-    """One line per source of `metric` against epoch (or step), coloured by kind, each downsampled.
+    """One line per source of `metric` against epoch (or step), coloured by kind, each downsampled
+    to at most `max_points` points.
 
     frame: long format with columns source (e.g. "teacher/resnet10t/s0", "student/kd-r1/s0"),
     metric (e.g. "val/acc"), value and `x` (default "epoch" when the frame has it, else "step").
@@ -93,18 +57,19 @@ def training_curves(frame: pd.DataFrame, metric: str, x: str | None = None,
     missing = [c for c in ("source", "metric", "value", x) if c not in frame.columns]
     if missing:
         raise ValueError(f"training_curves needs columns source, metric, value and {x}; missing {missing}")
-    rows = frame[frame["metric"] == metric]
-    rows = rows[rows[x].notna()]
+    rows = frame[(frame["metric"] == metric) & frame[x].notna()]
     if rows.empty:
         return empty_figure(f"no '{metric}' values yet", title=metric)
-    sources = sorted(rows["source"].unique(), key=lambda s: (KIND_ORDER.index(source_kind(s)), str(s)))
+    rows = rows.assign(value=pd.to_numeric(rows["value"], errors="coerce"))
+    rows = downsample(rows, x=x, y="value", by="source", max_points=max_points)  # sorted by x per source
+    series_of = dict(tuple(rows.groupby("source", sort=False)))  # one pass, not one mask per source
+    sources = sorted(series_of, key=lambda s: (KIND_ORDER.index(source_kind(s)), str(s)))
     dash_of: dict[tuple[str, str], str] = {}
     seen_kinds: set[str] = set()
     fig = go.Figure()
     for source in sources:
-        series = rows[rows["source"] == source].sort_values(x, kind="stable")
-        xs, ys = downsample(series[x].to_numpy(), pd.to_numeric(series["value"], errors="coerce").to_numpy(),
-                            max_points)
+        series = series_of[source]
+        xs, ys = series[x].to_numpy(), series["value"].to_numpy()
         kind = source_kind(source)
         model_key = (kind, _model_of(source))
         dash = dash_of.setdefault(model_key, DASHES[sum(k[0] == kind for k in dash_of) % len(DASHES)])
@@ -117,4 +82,27 @@ def training_curves(frame: pd.DataFrame, metric: str, x: str | None = None,
     # uirevision keeps the user's zoom while a live page redraws the figure with new points
     fig.update_layout(title=metric, xaxis_title=x, yaxis_title=metric, uirevision=metric, height=360,
                       margin=dict(l=10, r=10, t=40, b=10), legend=dict(groupclick="toggleitem"))
+    return fig
+
+
+def training_curves_side_by_side(frame: pd.DataFrame, metrics: Sequence[str], x: str | None = None,
+                                 max_points: int = MAX_POINTS, title: str | None = None) -> go.Figure:
+    """`training_curves` of several metrics as panels of one figure with one legend.
+
+    One plot instead of one per metric: the browser lays out axes, legend and toolbar once, which is
+    most of what drawing a small chart costs. A legend entry toggles that model in every panel.
+    """
+    panels = [training_curves(frame, m, x, max_points) for m in metrics]
+    drawn = [(m, p) for m, p in zip(metrics, panels) if not is_empty(p)]
+    if not drawn:
+        return empty_figure(f"no {' or '.join(repr(m) for m in metrics)} values yet", title=title)
+    fig = make_subplots(rows=1, cols=len(drawn), subplot_titles=[m for m, _ in drawn], horizontal_spacing=0.08)
+    for col, (metric, panel) in enumerate(drawn, start=1):
+        for trace in panel.data:
+            # one legend entry per model, toggling its line in every panel
+            trace.update(legendgroup=trace.name, legendgrouptitle_text=None, showlegend=col == 1)
+            fig.add_trace(trace, row=1, col=col)
+        fig.update_xaxes(title=panel.layout.xaxis.title.text, row=1, col=col)
+    fig.update_layout(title=title, uirevision="+".join(metrics), height=380,
+                      margin=dict(l=10, r=10, t=60 if title else 40, b=10))
     return fig

@@ -14,7 +14,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dashboard.figures.base import KIND_COLOURS, PALETTE, diag_problem, empty_figure, num, nums, wrap
+from dashboard.figures.base import KIND_COLOURS, PALETTE, diag_problem, empty_figure, num, nums, set_title, wrap
 
 COMBINER_ORDER = ("mean_logit", "mean_prob", "vote")
 LOSS_LABELS = {"cross_entropy": "cross-entropy (nats)", "brier": "Brier score", "zero_one": "0/1 loss (effects)"}
@@ -123,9 +123,8 @@ def diversity_growth(diag: Mapping[str, Any]) -> go.Figure:
     fig.update_xaxes(title="members in the ensemble", tickvals=x,
                      ticktext=[f"{m}<br>+{a}" for m, a in zip(x, added)])
     fig.update_yaxes(title="cross-entropy (nats)", rangemode="tozero")
-    fig.update_layout(title=f"Adding members ({by}): loss = member loss − diversity", height=380,
-                      margin=dict(l=10, r=10, t=50, b=10))
-    return fig
+    fig.update_layout(height=380, margin=dict(l=10, r=10, b=10))
+    return set_title(fig, f"Adding members ({by}): loss = member loss − diversity")  # a half-page chart
 
 
 def student_variance(diag: Mapping[str, Any], combiner: str = "mean_logit") -> go.Figure:
@@ -178,8 +177,8 @@ def student_variance(diag: Mapping[str, Any], combiner: str = "mean_logit") -> g
         if students[n].get("reason"):
             by_reason.setdefault(students[n]["reason"], []).append(n)
     reasons = [f"{', '.join(who)}: {reason}" for reason, who in by_reason.items()]
-    fig.update_layout(title=title, barmode="group", height=360,
-                      margin=dict(l=10, r=10, t=60, b=110 if reasons else 20))
+    fig.update_layout(barmode="group", height=360, margin=dict(l=10, r=10, b=110 if reasons else 20))
+    set_title(fig, title, top_px=30)  # a half-page chart; room for the subplot titles
     if reasons:
         _reason_note(fig, "; ".join(reasons), y=-0.15)
     return fig
@@ -215,9 +214,8 @@ def error_correlation_heatmap(diag: Mapping[str, Any], metric: str = "error_corr
     blank = " Blank: undefined (a member right or wrong on every example)." if np.isnan(z).any() else ""
     fig.update_yaxes(autorange="reversed", showgrid=False)
     fig.update_xaxes(showgrid=False)
-    fig.update_layout(title=wrap(title + "." + blank, 80), height=max(300, 60 * len(members) + 140),
-                      margin=dict(l=10, r=10, t=60, b=10))
-    return fig
+    fig.update_layout(height=max(300, 60 * len(members) + 140), margin=dict(l=10, r=10, b=10))
+    return set_title(fig, title + "." + blank)  # a half-page chart
 
 
 def disagreement_heatmap(diag: Mapping[str, Any]) -> go.Figure:
@@ -275,7 +273,7 @@ def reliability_diagram(source: Mapping[str, Any], combiners: Sequence[str] | No
     names = list(sets)
     eces = {n: bins_ece(sets[n]) for n in names}
     fig = make_subplots(rows=2, cols=len(names), row_heights=[0.74, 0.26], shared_xaxes=True,
-                        vertical_spacing=0.07, horizontal_spacing=0.07,
+                        vertical_spacing=0.07, horizontal_spacing=0.12,
                         # Name and ECE on two lines: side by side they overran their panels at 4+ panels.
                         subplot_titles=[f"{n}<br>ECE {eces[n]:.3f}" for n in names] + [""] * len(names))
     fig.update_annotations(font_size=12)
@@ -297,10 +295,13 @@ def reliability_diagram(source: Mapping[str, Any], combiners: Sequence[str] | No
         fig.add_trace(go.Bar(x=centre, y=count, width=width, name="examples per bin", legendgroup="count",
                              showlegend=first, marker_color="#9d9d9d",
                              hovertemplate="%{y:.0f} examples<extra></extra>"), row=2, col=col)
-        fig.update_yaxes(range=[0, 1], row=1, col=col, title="accuracy" if first else None)
+        # accuracy shares 0-1 across panels: tick labels on the first only, where they cannot hit a neighbour
+        fig.update_yaxes(range=[0, 1], row=1, col=col, title="accuracy" if first else None, showticklabels=first)
         fig.update_yaxes(row=2, col=col, title="count" if first else None)
-        fig.update_xaxes(range=[0, 1], row=2, col=col, title="confidence (top-class probability)")
+        fig.update_xaxes(range=[0, 1], row=2, col=col, title="confidence" if len(names) > 1
+                         else "confidence (top-class probability)")
     summary = ", ".join(f"{n} {eces[n]:.3f}" for n in names)
-    fig.update_layout(title=f"Reliability: ECE {summary}", height=480, bargap=0,
-                      margin=dict(l=10, r=10, t=100, b=10))
-    return fig
+    # legend under the panels: beside them it took a third of a half-page chart
+    fig.update_layout(height=520, bargap=0, margin=dict(l=10, r=10, b=10),
+                      legend=dict(orientation="h", yanchor="top", y=-0.16, x=0))
+    return set_title(fig, f"Reliability: ECE {summary}", top_px=50)  # a half-page chart; two-line subplot titles

@@ -12,6 +12,7 @@ from core.errors import KdlabError
 from core.sweep import find_sweeps, load_sweep
 from dashboard import figures, sweeps
 from dashboard.state import job_manager, run_store
+from dashboard.tables import show_table
 
 st.title("Compare")
 
@@ -52,8 +53,9 @@ def sweep_points(folder: Path) -> None:
     rows, best = [r.to_json() for r in sweep.rows], sweep.file.best
     st.plotly_chart(figures.sweep_chart(rows, best, sweep.file.axes), key="sweep_chart")
     table = pd.DataFrame(rows)[["point", "kd_val_acc", "kd_test_acc_mean", "kd_test_acc_std",
-                                "scratch_test_acc_mean", "paired_gain_mean", "gain_recovery", "seeds"]]
-    st.dataframe(table, hide_index=True, width="stretch", key="sweep_table")
+                                "scratch_test_acc_mean", "scratch_test_acc_std", "paired_gain_mean",
+                                "paired_gain_std", "gain_recovery", "seeds"]]
+    show_table(table, key="sweep_table")
     labels = [r["point"] for r in rows]
     pick = st.selectbox("Point", labels, index=best or 0, key="sweep_point",
                         help="Preselected: the best by KD val accuracy.")
@@ -83,7 +85,7 @@ metrics = pd.DataFrame([{"run": r.id, "status": r.status, **{k: r.summary.get(k)
                          ("kd_test_acc", "scratch_test_acc", "ensemble_test_acc", "best_teacher_test_acc",
                           "gain_recovery")}} for r in records])
 st.subheader("Metrics")
-st.dataframe(metrics, hide_index=True, width="stretch", key="compare_metrics")
+show_table(metrics, key="compare_metrics")
 if len(records) >= 2:
     st.subheader(f"Config differences against {records[0].id}")
     for other in records[1:]:

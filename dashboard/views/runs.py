@@ -1,4 +1,9 @@
-"""Runs: the queue and history from the store; progress, ETA, cancel, resume and live curves."""
+"""Runs: the queue and history from the store; progress, ETA, cancel, resume and live curves.
+
+Cheap on every rerun, because it reruns every REFRESH_SECONDS while a run is on screen and a page
+switch must not wait behind training: no torch import, the listing cached for a second, and each
+figure built once per version of its run (state.curve_figure).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,18 @@ import streamlit as st
 from core.errors import KdlabError
 from core.store import ACTIVE
 from dashboard import figures
-from dashboard.state import job_manager, run_store
+from dashboard.state import curve_figure, job_manager, metric_names, run_listing, run_store
+from dashboard.tables import show_table
 
 REFRESH_SECONDS = 2.0  # live parts of the page poll the store this often while a run is active
+
+STEP_METRIC = "train/loss"  # shown first among the step metrics
+CURVE_VIEWS = ("per epoch", "per step")
 
 st.title("Runs")
 manager = job_manager()
 store = run_store()
+data_dir = str(store.data_dir)
 
 
 def _eta(seconds: float | None) -> str:
@@ -31,17 +41,15 @@ def run_table() -> None:
     if active:  # a run waiting behind a sweep should say why
         listed = "; ".join(f"{s['id']} {s['status']} ({s['points_done']}/{s['points']} points)" for s in active)
         st.info(f"Sweeps share this queue: {listed}. Follow them on the Compare page.")
-    runs = store.list_runs()
+    runs = run_listing(data_dir)
     if runs.empty:
         st.info("No runs yet: set one up on the Setup page and press Launch.")
         return
-    shown = runs[["id", "name", "status", "progress", "eta", "kd_test_acc", "gain_recovery"]].copy()
-    shown["eta"] = shown["eta"].map(_eta)
-    st.dataframe(shown, hide_index=True, width="stretch", key="runs_table",
-                 column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0,
-                                                                            max_value=1.0, format="percent"),
-                                "kd_test_acc": st.column_config.NumberColumn("KD test acc", format="%.4f"),
-                                "gain_recovery": st.column_config.NumberColumn("gain recovery", format="%.2f")})
+    shown = runs[["id", "name", "status", "progress", "eta", "kd_test_acc", "gain_recovery"]]
+    shown = shown.assign(eta=shown["eta"].where(shown["status"].isin(["queued", "running"])))  # none once over
+    show_table(shown, key="runs_table",  # ETA in seconds, so that the column sorts by time left
+               column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0,
+                                                                          format="percent")})
 
 
 run_table()
@@ -57,7 +65,7 @@ st.session_state["selected_run"] = run_id
 
 @st.fragment(run_every=REFRESH_SECONDS)
 def run_detail(run_id: str) -> None:
-    """Status, progress, ETA and live per-epoch curves of one run."""
+    """Status, progress, ETA and live per-epoch and per-step curves of one run."""
     try:
         run = store.get_run(run_id)
     except KdlabError as err:
@@ -66,7 +74,7 @@ def run_detail(run_id: str) -> None:
     a, b, c = st.columns(3)
     a.metric("status", run.status)
     b.metric("progress", f"{run.progress:.0%}")
-    c.metric("ETA", _eta(run.eta) or "-")
+    c.metric("ETA", (_eta(run.eta) if run.status in ("queued", "running") else "") or "-")
     st.progress(min(max(run.progress, 0.0), 1.0))
     if run.error:
         st.error(run.error)
@@ -81,15 +89,39 @@ def run_detail(run_id: str) -> None:
                 st.toast(f"{run_id} queued again")
             except KdlabError as err:
                 st.error(str(err))
-    frame = store.epoch_metrics(run_id)
-    if frame.empty:
-        st.caption("Curves appear after the first epoch." if run.status in ("queued", "running")
-                   else "This run recorded no epochs.")
-        return
-    left, right = st.columns(2)
-    left.plotly_chart(figures.training_curves(frame, "val/loss"), width="stretch", key=f"loss_{run_id}")
-    right.plotly_chart(figures.training_curves(frame, "val/acc"), width="stretch", key=f"acc_{run_id}")
+    live = run.status in ("queued", "running")
+    version = run.updated  # changes with every progress update: a finished run's figures are built once
+    # One set of curves at a time: the browser draws two charts, not three, on every refresh and page visit.
+    view = st.segmented_control("Curves", CURVE_VIEWS, default=CURVE_VIEWS[0], key=f"curves_{run_id}",
+                                help="Per epoch: val loss and accuracy of every model. Per step: the "
+                                "metrics logged every train.log_every steps (train/loss, lr).")
+    if view == CURVE_VIEWS[1]:
+        step_curves(run_id, version, live)
+    else:
+        epoch_curves(run_id, version, live)
     st.caption(f"updated {time.strftime('%H:%M:%S')}")
+
+
+def epoch_curves(run_id: str, version: float, live: bool) -> None:
+    """Val loss and val accuracy of every model of the run, per epoch: two panels of one chart (one
+    plot for the browser to lay out, one legend)."""
+    fig = curve_figure(data_dir, run_id, "epoch", ("val/loss", "val/acc"), version)
+    if figures.is_empty(fig):
+        st.caption("Curves appear after the first epoch." if live else "This run recorded no epochs.")
+        return
+    st.plotly_chart(fig, width="stretch", key=f"epochs_{run_id}")
+
+
+def step_curves(run_id: str, version: float, live: bool) -> None:
+    """One step metric of every model of the run (train/loss first), as the store keeps it."""
+    names = sorted(metric_names(data_dir, run_id, "step", version), key=lambda m: m != STEP_METRIC)
+    if not names:
+        st.caption("Step curves appear after the first logged steps (train.log_every)." if live
+                   else "This run recorded no steps.")
+        return
+    metric = st.selectbox("Step metric", names, key=f"step_metric_{run_id}") if len(names) > 1 else names[0]
+    st.plotly_chart(curve_figure(data_dir, run_id, "step", (metric,), version), width="stretch",
+                    key=f"steps_{run_id}")
 
 
 run_detail(run_id)

@@ -8,13 +8,14 @@ import pandas as pd
 import streamlit as st
 
 from core import config as config_mod
-from core.data import list_datasets
-from core.distill import kd_loss_doc, list_kd_losses
-from core.ensemble import combiner_doc, list_combiners
+from core.config import DataConfig, DistillConfig, EnsembleConfig, RunConfig, StudentConfig, TeacherConfig, TrainConfig
+from core.distill import kd_loss_doc
+from core.ensemble import combiner_doc
 from core.errors import KdlabError
 from core.models import list_models, pretrained_status
-from dashboard import figures, sweeps
+from dashboard import fields, figures, sweeps
 from dashboard.state import data_preview, job_manager, student_card, teacher_cards
+from dashboard.tables import show_table
 
 st.title("kdlab")
 st.caption("Ensemble image classifiers, then distil the ensemble into one small, fast student.")
@@ -33,6 +34,8 @@ def load_form(raw_config: dict, source: str) -> None:
     st.session_state["raw_from"] = source
     for key in FORM_KEYS:
         st.session_state.pop(key, None)
+    for key in [k for k in st.session_state if str(k).startswith(fields.KEY_PREFIX)]:  # "More ... settings"
+        st.session_state.pop(key, None)
 
 
 loaded = st.session_state.pop("loaded_config", None)  # from the Compare page
@@ -44,38 +47,38 @@ st.session_state["preset_seen"] = preset_name
 if st.session_state["raw_from"] == "loaded":
     st.info("Editing a config loaded from the Compare page; pick a preset to start over.")
 raw = copy.deepcopy(st.session_state["raw"])
-problems: dict[str, str] = {}
-
-
-def field_error(path: str) -> None:
-    """Show the validation message of one field right under its widget."""
-    for key, msg in problems.items():
-        if key == path or key.startswith(path + "."):
-            st.error(f"{key}: {msg}")
+# Every widget below takes its default, range, choices and help from its field in core/config.py
+# (dashboard/fields.py); the labels are the page's own words.
+TEACHER_COLUMNS = {"model": "timm model", "seeds": "seeds", "width": "width", "depth": "depth",
+                   "pretrained": "pretrained", "weights_file": "weights file", "label": "label"}
 
 
 data_tab, teacher_tab, ensemble_tab, student_tab = st.tabs(["Data", "Teachers", "Ensemble & distillation",
                                                            "Student & training"])
 with data_tab:
     data = raw.setdefault("data", {})
-    names = list_datasets()
-    data["name"] = st.selectbox("Data set", names, index=names.index(data.get("name", "digits")), key="data_name")
-    data["image_size"] = st.number_input("Image size (px)", 8, 512, int(data.get("image_size", 16)), key="image_size")
+    data["name"] = fields.select_for(DataConfig, "name", data, key="data_name", label="Data set")
+    data["image_size"] = fields.number_input_for(DataConfig, "image_size", data, key="image_size",
+                                                 label="Image size (px)")
+    with st.expander("More data settings"):
+        fields.more_settings(DataConfig, data, ("name", "image_size"), "data")
 
 with teacher_tab:
-    teachers = pd.DataFrame([{"model": t.get("model", ""), "seeds": int(t.get("seeds", 1)),
-                              "width": t.get("width"), "pretrained": bool(t.get("pretrained", False))}
-                             for t in raw.get("teachers", [])])
-    edited = st.data_editor(teachers, num_rows="dynamic", key="teachers", width="stretch",
-                            column_config={"model": st.column_config.TextColumn("timm model", required=True),
-                                           "seeds": st.column_config.NumberColumn("seeds", min_value=1, max_value=20),
-                                           "width": st.column_config.NumberColumn("width", min_value=0.05, max_value=4.0),
-                                           "pretrained": st.column_config.CheckboxColumn("pretrained")})
-    raw["teachers"] = [{k: v for k, v in row.items() if v is not None and not (isinstance(v, float) and pd.isna(v))}
+    # One column per TeacherConfig field (a new field gets a column), the page's usual ones first.
+    columns = [*[c for c in TEACHER_COLUMNS if c in TeacherConfig.model_fields],
+               *[c for c in fields.form_fields(TeacherConfig) if c not in TEACHER_COLUMNS]]
+    defaults = {c: fields.field_spec(TeacherConfig, c).default for c in columns}
+    teachers = pd.DataFrame([{c: t.get(c, defaults[c]) for c in columns} for t in raw.get("teachers", [])],
+                            columns=columns)
+    edited = st.data_editor(teachers, num_rows="dynamic", key="teachers", width="stretch", column_order=columns,
+                            column_config={c: fields.column_config_for(TeacherConfig, c, TEACHER_COLUMNS.get(c))
+                                           for c in columns})
+    raw["teachers"] = [{k: v for k, v in row.items()
+                        if v is not None and v != "" and not (isinstance(v, float) and pd.isna(v))}
                        for row in edited.to_dict("records") if row.get("model")]
     with st.expander("Search timm models"):
         pattern = st.text_input("Name pattern", "resnet*", key="model_search")
-        st.dataframe(pd.DataFrame(list_models(pattern, limit=30)), hide_index=True, width="stretch")
+        show_table(pd.DataFrame(list_models(pattern, limit=30), columns=["name", "params"]), key="model_search_table")
     for i, t in enumerate(raw["teachers"]):
         if t.get("pretrained") and not t.get("weights_file"):
             ok, status = pretrained_status(t["model"], f"teachers.{i}.pretrained")
@@ -83,51 +86,52 @@ with teacher_tab:
 
 with ensemble_tab:
     ens = raw.setdefault("ensemble", {})
-    schemes = list_combiners()
-    ens["scheme"] = st.selectbox("Weighting scheme", schemes, index=schemes.index(ens.get("scheme", "mean_logit")),
-                                 key="scheme")
+    ens["scheme"] = fields.select_for(EnsembleConfig, "scheme", ens, key="scheme", label="Weighting scheme")
     st.code(combiner_doc(ens["scheme"]), language="text")
     d = raw.setdefault("distill", {})
     left, right = st.columns(2)
-    d["temperature"] = left.slider("Temperature T", 0.5, 20.0, float(d.get("temperature", 4.0)), 0.5, key="temperature")
-    d["alpha"] = right.slider("alpha (weight of the distillation term)", 0.0, 1.0, float(d.get("alpha", 0.9)), 0.05,
-                              key="alpha")
-    losses = list_kd_losses()
-    d["loss"] = left.selectbox("Distillation loss", losses, index=losses.index(d.get("loss", "hinton")), key="loss")
-    modes = ["views", "cached", "live"]
-    d["teaching"] = right.selectbox("Teaching", modes, index=modes.index(d.get("teaching", "views")), key="teaching",
-                                    help="views: teacher logits cached per augmentation view; cached: plain "
-                                    "images only; live: teachers run on every student batch.")
+    d["temperature"] = fields.number_input_for(DistillConfig, "temperature", d, key="temperature",
+                                               label="Temperature T", step=0.5, container=left)
+    d["alpha"] = fields.slider_for(DistillConfig, "alpha", d, key="alpha", step=0.05,
+                                   label="alpha (weight of the distillation term)", container=right)
+    d["loss"] = fields.select_for(DistillConfig, "loss", d, key="loss", label="Distillation loss", container=left)
+    d["teaching"] = fields.select_for(DistillConfig, "teaching", d, key="teaching", label="Teaching",
+                                      container=right)
     with st.expander("Loss formula"):
         st.code(kd_loss_doc(d["loss"]), language="text")
+    with st.expander("More ensemble and distillation settings"):
+        fields.more_settings(EnsembleConfig, ens, ("scheme",), "ensemble")
+        fields.more_settings(DistillConfig, d, ("temperature", "alpha", "loss", "teaching"), "distill")
 
 with student_tab:
     s = raw.setdefault("student", {})
     tr = raw.setdefault("train", {})
     a, b, c = st.columns(3)
-    s["model"] = a.text_input("Student timm model", s.get("model", "resnet10t"), key="student_model")
-    s["width"] = b.number_input("Student width (empty = the model as published)", 0.05, 4.0, s.get("width"), 0.125,
-                                key="student_width")
-    s["depth"] = c.number_input("Student depth (empty = as published)", 0.05, 4.0, s.get("depth"), 0.25,
-                                key="student_depth")
-    s["seeds"] = a.number_input("Student seeds", 1, 20, int(s.get("seeds", 3)), key="student_seeds")
-    tr["epochs"] = b.number_input("Epochs", 1, 10_000, int(tr.get("epochs", 10)), key="epochs")
-    s["epochs"] = c.number_input("Student epochs (0 = same)", 0, 10_000, int(s.get("epochs") or 0), key="student_epochs") or None
-    lr = b.number_input("Student learning rate (0 = same as teachers)", 0.0, 10.0, float(s.get("lr") or 0.0),
-                        0.001, format="%.4f", key="student_lr")
-    s["lr"] = lr or None
-    devices = ["auto", "cpu", "cuda"]
-    raw["device"] = a.selectbox("Device", devices, index=devices.index(raw.get("device", "auto"))
-                                if raw.get("device", "auto") in devices else 0, key="device")
+    s["model"] = fields.text_input_for(StudentConfig, "model", s, key="student_model", label="Student timm model",
+                                       container=a)
+    s["width"] = fields.number_input_for(StudentConfig, "width", s, key="student_width", step=0.125, format="%.3f",
+                                         label="Student width (empty = the model as published)", container=b)
+    s["depth"] = fields.number_input_for(StudentConfig, "depth", s, key="student_depth", step=0.25, format="%.2f",
+                                         label="Student depth (empty = as published)", container=c)
+    s["seeds"] = fields.number_input_for(StudentConfig, "seeds", s, key="student_seeds", label="Student seeds",
+                                         container=a)
+    tr["epochs"] = fields.number_input_for(TrainConfig, "epochs", tr, key="epochs", label="Epochs", container=b)
+    s["epochs"] = fields.number_input_for(StudentConfig, "epochs", s, key="student_epochs",
+                                          label="Student epochs (empty = Epochs)", container=c)
+    s["lr"] = fields.number_input_for(StudentConfig, "lr", s, key="student_lr", step=0.001, format="%.4f",
+                                      label="Student learning rate (empty = the teachers')", container=b)
+    raw["device"] = fields.select_for(RunConfig, "device", raw, key="device", label="Device", container=a)
+    with st.expander("More training settings"):
+        fields.more_settings(TrainConfig, tr, ("epochs",), "train")
+        fields.more_settings(StudentConfig, s, ("model", "width", "depth", "seeds", "epochs", "lr"), "student")
+        fields.more_settings(RunConfig, raw, ("device",), "run")
 
-problems = config_mod.problems(raw)
-cfg = None
+cfg, problems = fields.validate_form(raw)  # the one validation of this rerun; everything below uses cfg
 if problems:
     st.subheader("Fix before launching")
     for key, msg in problems.items():
         st.error(f"{key}: {msg}")
 else:
-    cfg = config_mod.validate(raw)
     st.session_state["raw"] = raw
 
 left, right = st.columns([3, 2])
@@ -135,7 +139,8 @@ preview = None
 with left:
     st.subheader(f"Data: {data['name']}")
     try:
-        preview = data_preview(cfg.data.model_dump_json() if cfg else config_mod.DataConfig().model_dump_json())
+        data_cfg = cfg.data if cfg is not None else DataConfig()
+        preview = data_preview(data_cfg.model_dump_json(), data_cfg)
     except KdlabError as err:
         st.warning(str(err))
     if preview is not None:
@@ -150,9 +155,12 @@ with right:
     st.subheader("Teachers and student")
     if cfg is not None and preview is not None:
         try:
-            cards = teacher_cards(cfg.model_dump_json(), preview["num_classes"], preview["in_chans"])
-            student = student_card(cfg.model_dump_json(), preview["num_classes"], preview["in_chans"])
-            st.dataframe(cards, hide_index=True, width="stretch")
+            shape = (preview["num_classes"], preview["in_chans"], cfg.data.image_size)
+            cards = teacher_cards(tuple((t.display, t.model, t.seeds, t.width, t.depth) for t in cfg.teachers), *shape)
+            student = student_card(cfg.student.model, cfg.student.width, cfg.student.depth, *shape)
+            # the timm name only where a label hides it: the column is what pushes FLOPs off a narrow table
+            named = [c for c in cards.columns if c != "model" or (cards["model"] != cards["teacher"]).any()]
+            show_table(cards, key="teacher_cards", column_order=named)
             ratio = student["params"] / cards["params"].mean()
             st.metric("student params", f"{student['params'] / 1e6:.2f}M", f"{ratio:.2f}x the mean teacher",
                       delta_color="off")

@@ -8,6 +8,7 @@ import streamlit as st
 from core.report import COLUMNS
 from dashboard import figures
 from dashboard.state import pick_run_with_results
+from dashboard.tables import show_table
 
 st.title("Trade-off")
 st.caption("An ensemble costs the sum of its members; the Pareto front holds the models nothing beats on "
@@ -28,6 +29,6 @@ left.plotly_chart(figures.tradeoff(rows, x="latency_ms"), width="stretch", key="
 right.plotly_chart(figures.tradeoff(rows, x="params"), width="stretch", key="tradeoff_params")
 table = pd.DataFrame(rows)
 table = table[[c for c in COLUMNS if c in table.columns]]
-st.dataframe(table, hide_index=True, width="stretch", key="comparison_table")
+show_table(table, key="comparison_table")  # params in M, FLOPs in MFLOPs, ...; the CSV keeps the stored units
 st.download_button("Download CSV", table.to_csv(index=False).encode(), file_name=f"{run.id}-comparison.csv",
                    mime="text/csv", key="download_csv")
