@@ -8,6 +8,7 @@ export is read back from its folder, so a page reload still shows it and its dow
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,8 @@ from dashboard.state import job_manager
 
 if TYPE_CHECKING:  # the exporter (torch, timm, onnx) loads when an export starts, not with the page
     from core.jobs import ExportJob
+
+log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
 
@@ -87,6 +90,22 @@ def _progress(state_key: str, key: str, polling: bool = False) -> None:
         st.warning("Export cancelled; nothing was written.")
     elif handle.result is not None:
         _show_export(handle.out, key)
+
+
+def exported_points(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Trade-off rows for the finished exports under <run folder>/exports: one per onnxruntime precision."""
+    from core.export import runtime_points
+    rows = []
+    for card in sorted(Path(run_dir).glob("exports/*/card.json")):
+        try:
+            points = runtime_points(card.parent)
+        except (KdlabError, OSError, ValueError, KeyError) as err:  # a damaged card: no point, the rest still plot
+            log.warning("export %s not plotted: %s", card.parent, err)
+            continue
+        rows += [{"method": p["method"], "kind": "shipped", "test_acc_mean": p["test_acc"], "test_acc_std": 0.0,
+                  "seeds": 1, "latency_ms": p["latency_ms"], "params": p["params"], "flops": p["flops"],
+                  "throughput": p["throughput"]} for p in points if p.get("test_acc") is not None]
+    return rows
 
 
 def export_panel(run: Any) -> None:

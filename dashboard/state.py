@@ -7,7 +7,7 @@ the Runs, Trade-off, Compare and Learn pages import this module without paying f
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pandas as pd
 import streamlit as st
@@ -78,8 +78,15 @@ def student_card(model: str, width: float | None, depth: float | None, num_class
     return model_card(ModelSpec(model, width, depth), num_classes, in_chans, image_size, field="student.model")
 
 
-def pick_run_with_results(key: str):
-    """A run chosen among those with results (the selected run first); None, with a message, if none."""
+class PickedRun(NamedTuple):
+    """A finished run chosen on a page: its store record and its validated results."""
+
+    record: Any          # core.store.RunRecord
+    results: Any         # core.results.RunResults
+
+
+def pick_run_with_results(key: str) -> PickedRun | None:
+    """A finished run chosen among the store's (the selected run first), its results validated; None, said why."""
     from core.errors import KdlabError
     store = run_store()
     runs = store.list_runs(status="done")
@@ -94,10 +101,19 @@ def pick_run_with_results(key: str):
     except KdlabError as err:
         st.warning(str(err))
         return None
-    if not run.results or "comparison" not in run.results:
+    if not run.results:
         st.warning(f"run {run_id} has no stored results (its results.json is missing or unreadable)")
         return None
-    return run
+    from core.results import read_results
+    try:
+        results = read_results(run.results, where=f"run {run_id}: results")
+    except KdlabError as err:
+        st.error(str(err))
+        return None
+    if not results.finished:
+        st.warning(f"run {run_id} has no comparison yet (stages done: {', '.join(results.stages_done) or 'none'})")
+        return None
+    return PickedRun(run, results)
 
 
 @st.cache_data(show_spinner=False)

@@ -111,6 +111,24 @@ def test_tradeoff_page_plots_and_offers_the_csv(finished_run):
     assert {"teacher", "ensemble", "student"} <= set(table["kind"])
 
 
+def test_tradeoff_shows_what_ships_and_offers_the_export(finished_run):
+    from core.export import export_model
+    from dashboard.state import run_store
+    run_dir = run_store().get_run(finished_run).run_dir
+    export_model(run_dir, run_dir / "exports" / "shipped", formats=["onnx"], quantize="int8", timing_seconds=0.2,
+                 int8_max_drop=0.05)
+    at = page("tradeoff")
+    at.session_state["selected_run"] = finished_run
+    at.run()
+    assert not at.exception, at.exception
+    latency = charts(at)[0]
+    shipped = [t for t in latency["data"] if t.get("name") == "shipped"]
+    assert shipped and len(shipped[0]["x"]) == 2  # onnxruntime fp32 and int8
+    assert any("onnxruntime int8" in str(h) for h in shipped[0]["hovertext"])
+    assert any(h.value == "Export" for h in at.subheader)  # the Export panel sits under the table
+    assert any(b.key.startswith("export_start") for b in at.button)
+
+
 def test_diagnostics_page_draws_every_panel(finished_run):
     at = page("diagnostics")
     at.session_state["selected_run"] = finished_run

@@ -10,13 +10,14 @@ from dashboard.state import pick_run_with_results, test_outputs
 
 
 st.title("Diagnostics")
-run = pick_run_with_results("diagnostics_run")
-if run is None:
+picked = pick_run_with_results("diagnostics_run")
+if picked is None:
     st.stop()
-diag = run.results.get("diagnostics") or {}
-if "combiners" not in diag:
-    st.warning(f"This run has no diagnostics ({diag.get('error', 'not computed')}).")
+run, results = picked
+if results.diagnostics is None or not results.diagnostics.computed:
+    st.warning(f"This run has no diagnostics ({results.diagnostics.error if results.diagnostics else 'not computed'}).")
     st.stop()
+diag = results.diagnostics.detail()
 if diag["combiners"]["mean_logit"].get("reason"):
     st.info(diag["combiners"]["mean_logit"]["reason"])
 st.plotly_chart(figures.bvd_bars(diag), width="stretch", key="bvd")
@@ -27,17 +28,17 @@ left, right = st.columns(2)
 left.plotly_chart(figures.error_correlation_heatmap(diag), width="stretch", key="error_correlation")
 right.plotly_chart(figures.reliability_diagram(diag), width="stretch", key="reliability")
 
-outputs = test_outputs(str(run.run_dir), run.results.get("artifacts", {}).get("test_outputs", ""))
+outputs = test_outputs(str(run.run_dir), results.artifacts.get("test_outputs", ""))
 if outputs is None:
     st.caption("Per-example outputs (test_outputs.safetensors) are missing for this run.")
     st.stop()
-members = [t["name"] for t in run.results["teachers"]]
+members = [t.name for t in results.teachers]
 if "weights/uncertainty" in outputs:
     st.plotly_chart(figures.weights_histogram(outputs["weights/uncertainty"], members), width="stretch",
                     key="weights_hist")
 teacher_keys = [k for k in outputs if k.startswith("teacher/")]
 probs = {k.removeprefix("teacher/"): figures.softmax(outputs[k][outputs["gallery/index"]]) for k in teacher_keys}
-class_names = run.results.get("class_names") or [str(i) for i in range(run.results["dataset"]["num_classes"])]
+class_names = results.class_names or [str(i) for i in range(results.dataset.num_classes)]
 st.subheader("Where the teachers disagree most")
 st.plotly_chart(figures.disagreement_gallery(outputs["gallery/images"], probs,
                                              outputs["labels"][outputs["gallery/index"]], class_names,
