@@ -29,4 +29,8 @@ pages = [
     st.Page(str(PAGES / "compare.py"), title="Compare", icon=":material/compare:"),
     st.Page(str(PAGES / "learn.py"), title="Learn", icon=":material/school:"),
 ]
-st.navigation(pages).run()
+navigation = st.navigation(pages)
+from dashboard.store_health import guard  # noqa: E402 - after set_page_config, which must come first
+
+guard()  # a damaged run store: one message and the fix, instead of a traceback on every page
+navigation.run()

@@ -281,3 +281,42 @@ def test_an_app_shutdown_mid_run_reads_interrupted_in_the_store_and_in_results_j
     assert read_results(run.run_dir / "results.json").status == "interrupted"
     assert any(e["kind"] == "cancelled" and e["source"] == "run" and e["message"].startswith("interrupted")
                for e in jobs.store.events(run_id))
+
+
+@pytest.mark.parametrize("damage", [b"", b"this is not a database at all" * 100, b"SQLite format 3\x00" + b"\x00" * 50])
+def test_a_damaged_store_gives_every_page_one_message_and_a_way_back(tmp_path, monkeypatch, damage):
+    import shutil
+
+    from streamlit.testing.v1 import AppTest
+
+    from core.store import RunStore
+    data = tmp_path / "store"
+    data.mkdir()
+    # A finished run's folder survives the damage: reindex must bring it back.
+    shutil.copytree(FIXTURE_RUN(tmp_path), data / "20260101-000000-fixture-abcd")
+    (data / "kdlab.db").write_bytes(damage)
+    monkeypatch.setenv("KDLAB_RUNS", str(data))
+    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    if damage == b"":  # an empty file: a fresh store was started; said so, with the way to get runs back
+        assert any("0 bytes" in w.value and "reindex" in w.value for w in at.warning), [w.value for w in at.warning]
+        at.button(key="store_reindex").click().run()
+    else:
+        assert [e.value for e in at.error] and "kdlab store recover" in at.error[0].value
+        at.button(key="store_recover").click().run()
+        assert any("damaged file is now" in s.value for s in at.success)
+        assert list(data.glob("kdlab.db.damaged-*")), "the damaged file must be kept"
+    assert not at.exception, at.exception
+    assert any("1 run(s) added" in s.value for s in at.success), [s.value for s in at.success]
+    assert RunStore(data).run_ids() == ["20260101-000000-fixture-abcd"]
+
+
+def FIXTURE_RUN(tmp_path: Path) -> Path:
+    """A run folder as kdlab writes it (config.yaml, results.json v1), without its checkpoints."""
+    folder = tmp_path / "fixture-run"
+    if not folder.exists():
+        folder.mkdir()
+        (folder / "config.yaml").write_text((ROOT / "tests" / "fixtures" / "config_v1.yaml").read_text())
+        (folder / "results.json").write_text((ROOT / "tests" / "fixtures" / "results_v1.json").read_text())
+    return folder
