@@ -5,8 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 8501
+CLASS_PORT ?= 8502
 
-.PHONY: run test install cli-demo bench clean
+.PHONY: run class test install cli-demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +19,12 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/streamlit run dashboard/app.py --server.address=127.0.0.1 --server.port=$(PORT) \
+		--server.headless=true --browser.gatherUsageStats=false
+
+# Class mode: every interface, port $(CLASS_PORT); viewers need $$KDLAB_PASSWORD, the operator $$KDLAB_OPERATOR_PASSWORD.
+class: $(STAMP)
+	@test -n "$$KDLAB_PASSWORD" || { echo "set KDLAB_PASSWORD (the class's password) first" >&2; exit 2; }
+	$(BIN)/streamlit run dashboard/app.py --server.address=0.0.0.0 --server.port=$(CLASS_PORT) \
 		--server.headless=true --browser.gatherUsageStats=false
 
 test: $(STAMP)

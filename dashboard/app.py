@@ -29,8 +29,10 @@ pages = [
     st.Page(str(PAGES / "compare.py"), title="Compare", icon=":material/compare:"),
     st.Page(str(PAGES / "learn.py"), title="Learn", icon=":material/school:"),
 ]
-navigation = st.navigation(pages)
-from dashboard.store_health import guard  # noqa: E402 - after set_page_config, which must come first
+from dashboard.access import gate, may_operate  # noqa: E402 - after set_page_config, which must come first
+from dashboard.store_health import guard  # noqa: E402
 
-guard()  # a damaged run store: one message and the fix, instead of a traceback on every page
+gate()  # class mode: the password first; nothing below runs for a session without it
+navigation = st.navigation(pages)
+guard(can_repair=may_operate())  # a damaged run store: one message and the fix, not a traceback on every page
 navigation.run()

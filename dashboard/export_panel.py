@@ -18,6 +18,7 @@ import streamlit as st
 
 from core.errors import KdlabError
 from core.export import FORMATS, is_export_folder, model_names, read_card, zip_folder
+from dashboard.access import may_operate, refuse
 from dashboard.state import job_manager
 
 if TYPE_CHECKING:  # the exporter (torch, timm, onnx) loads when an export starts, not with the page
@@ -112,6 +113,9 @@ def export_panel(run: Any) -> None:
     """Draw the Export panel for a run record or a run/sweep folder."""
     folder, key = _folder_and_key(run)
     st.subheader("Export")
+    if not may_operate():
+        refuse("Export")
+        return
     try:
         names = model_names(folder)
     except KdlabError as err:

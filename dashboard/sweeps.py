@@ -14,6 +14,7 @@ from core.errors import KdlabError
 from core.store import ACTIVE
 from core.sweep_grid import COMMON_AXES, grid_points, parse_axis, read_sweep_spec, sweep_trainings
 from dashboard import fields
+from dashboard.access import may_operate
 from dashboard.state import job_manager
 
 REFRESH_SECONDS = 2.0  # the progress panel polls the job manager this often
@@ -58,7 +59,7 @@ def launcher(cfg: RunConfig | None) -> None:
             grid = " ".join(f"--grid {a.field}={','.join(str(v) for v in a.values)}" for a in axes)
             st.caption("The same sweep headless, with the YAML under 'Run it headless' saved as config.yaml:")
             st.code(f"kdlab sweep config.yaml {grid} --seeds {seeds}", language="bash")
-        if st.button("Launch sweep", disabled=cfg is None or not axes, key="sweep_launch"):
+        if st.button("Launch sweep", disabled=cfg is None or not axes, key="sweep_launch") and may_operate():
             try:
                 sweep_id = job_manager().submit_sweep(cfg, axes, seeds=seeds)
             except KdlabError as err:
@@ -77,7 +78,7 @@ def progress_panel() -> None:
         st.progress(job["progress"], text=text if job["status"] == "done" else f"{text}. {job['stage']}")
         if job["error"]:
             st.error(job["error"])
-        if job["status"] in ACTIVE and st.button("Cancel", key=f"sweep_cancel_{job['id']}"):
+        if job["status"] in ACTIVE and may_operate() and st.button("Cancel", key=f"sweep_cancel_{job['id']}"):
             manager.cancel_sweep(job["id"])
 
 
@@ -100,7 +101,7 @@ def resume_offer(folder: Path, sweep: dict[str, Any]) -> None:
                 f"{age:.0f} s ago (a `kdlab sweep` still running?).")
     elif done < points:
         st.warning(f"{done} of {points} points are done: this sweep stopped before the end.")
-        if st.button("Resume sweep", key="sweep_resume"):
+        if may_operate() and st.button("Resume sweep", key="sweep_resume"):
             try:
                 manager.resume_sweep(folder)
                 st.success("queued again: finished students are not trained again")

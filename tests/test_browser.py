@@ -56,9 +56,22 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """A real `streamlit run dashboard/app.py` with its own run store; stopped at the end."""
+    yield from _serve(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def class_server(tmp_path_factory):
+    """The same in class mode: a class password for viewers, an operator password."""
+    yield from _serve(tmp_path_factory, {"KDLAB_PASSWORD": "class-pass", "KDLAB_OPERATOR_PASSWORD": "op-pass"})
+
+
+def _serve(tmp_path_factory, extra_env: dict[str, str] | None = None):
     port = _free_port()
     store = tmp_path_factory.mktemp("e2e-runs")
-    env = {**os.environ, "KDLAB_RUNS": str(store), "OMP_WAIT_POLICY": "PASSIVE"}
+    env = {**os.environ, "KDLAB_RUNS": str(store), "OMP_WAIT_POLICY": "PASSIVE", **(extra_env or {})}
+    for name in ("KDLAB_PASSWORD", "KDLAB_OPERATOR_PASSWORD"):
+        if not extra_env or name not in extra_env:
+            env.pop(name, None)  # the plain server is local use, whatever the caller's environment says
     log = open(tmp_path_factory.mktemp("e2e-log") / "streamlit.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),
                              "--server.headless=true", "--server.address=127.0.0.1", f"--server.port={port}",
@@ -320,3 +333,49 @@ def test_switching_learn_to_runs_while_a_job_trains(server, page):
         assert len(timings) == SWITCHES
     (ARTIFACTS / "page-switch.json").write_text(json.dumps(report, indent=1))
     assert still_training, "the job finished before the last switch: the figures are not under load"
+
+
+def _login(page, url: str, password: str, *, admitted: bool = True) -> None:
+    page.goto(url)
+    page.wait_for_selector("[data-testid='stApp']")
+    _settled(page)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("button", name="Enter").click()
+    if admitted:  # the pages' navigation appears, and the login form goes
+        page.wait_for_selector("[data-testid='stSidebarNav']")
+        page.locator("input[type='password']").wait_for(state="detached")
+    _settled(page)
+
+
+def test_class_mode_a_wrong_password_gets_nothing_and_a_viewer_cannot_launch(class_server):
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            pg = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+            pg.set_default_timeout(60_000)
+            _login(pg, class_server["url"], "wrong", admitted=False)
+            assert pg.get_by_text("Wrong password.").count() == 1
+            assert pg.locator("[data-testid='stSidebarNav']").count() == 0  # no page, no navigation
+            assert pg.get_by_role("button", name="Launch").count() == 0
+            # A deep link does not get past the door either.
+            pg.goto(f"{class_server['url']}/runs")
+            pg.wait_for_selector("[data-testid='stApp']")
+            _settled(pg)
+            pg.screenshot(path=str(ARTIFACTS / "class-deep-link.png"), full_page=True)
+            assert pg.locator("input[type='password']").count() == 1 and pg.get_by_text("Curves").count() == 0
+
+            viewer = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+            viewer.set_default_timeout(60_000)
+            _login(viewer, class_server["url"], "class-pass")
+            viewer.screenshot(path=str(ARTIFACTS / "class-viewer.png"), full_page=True)
+            assert viewer.get_by_text("You are watching the runs of this class").count() == 1
+            assert viewer.get_by_role("button", name="Launch", exact=True).count() == 0
+
+            operator = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+            operator.set_default_timeout(60_000)
+            _login(operator, class_server["url"], "op-pass")
+            operator.get_by_role("button", name="Launch", exact=True).wait_for()  # the operator's Setup has it
+        finally:
+            browser.close()
+    assert not list(Path(class_server["store"]).glob("2*")), "nothing was launched"

@@ -320,3 +320,36 @@ def FIXTURE_RUN(tmp_path: Path) -> Path:
         (folder / "config.yaml").write_text((ROOT / "tests" / "fixtures" / "config_v1.yaml").read_text())
         (folder / "results.json").write_text((ROOT / "tests" / "fixtures" / "results_v1.json").read_text())
     return folder
+
+
+def test_a_viewer_cannot_launch_even_with_a_crafted_request(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from core.store import RunStore
+    from dashboard.access import ROLE_KEY
+    monkeypatch.setenv("KDLAB_RUNS", str(tmp_path / "store"))
+    monkeypatch.setenv("KDLAB_PASSWORD", "class-pass")
+    at = AppTest.from_file(str(ROOT / "dashboard" / "views" / "setup.py"), default_timeout=60)
+    at.session_state[ROLE_KEY] = "viewer"
+    at.session_state["launch"] = True        # what a forged "Launch was clicked" message would set
+    at.session_state["sweep_launch"] = True
+    at.run()
+    assert not at.exception, at.exception
+    assert not [b for b in at.button if b.key in ("launch", "sweep_launch")]
+    assert RunStore(tmp_path / "store").run_ids() == []
+
+
+def test_a_dashboard_on_a_network_address_without_a_password_opens_nothing(monkeypatch):
+    from streamlit import config as st_config
+    from streamlit.testing.v1 import AppTest
+    monkeypatch.delenv("KDLAB_PASSWORD", raising=False)
+    before = st_config.get_option("server.address")
+    st_config.set_option("server.address", "0.0.0.0")
+    try:
+        at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=60)
+        at.run()
+    finally:
+        st_config.set_option("server.address", before)
+    assert not at.exception, at.exception
+    assert at.error and "without a password" in at.error[0].value and "KDLAB_PASSWORD" in at.error[0].value
+    assert not at.button  # no page ran

@@ -11,6 +11,7 @@ import streamlit as st
 from core.errors import KdlabError
 from core.sweep import find_sweeps, load_sweep
 from dashboard import figures, sweeps
+from dashboard.access import may_operate
 from dashboard.state import job_manager, run_store
 from dashboard.tables import show_table
 
@@ -26,7 +27,10 @@ def sweep_section() -> None:
         if found:
             st.selectbox("Sweeps in the run store's folder, newest first", ["", *found], key="sweep_found",
                          on_change=lambda: st.session_state.update(sweep_dir=st.session_state["sweep_found"]))
-        folder = st.text_input("Sweep folder", key="sweep_dir", placeholder="kdlab-runs/sweep-...")
+        if may_operate():  # a viewer picks among the store's sweeps; typing a path reads any folder
+            folder = st.text_input("Sweep folder", key="sweep_dir", placeholder="kdlab-runs/sweep-...")
+        else:
+            folder = st.session_state.get("sweep_found", "")
         if folder:
             sweep_view(Path(folder))
 

@@ -14,6 +14,7 @@ import streamlit as st
 from core.errors import KdlabError
 from core.store import ACTIVE
 from dashboard import figures
+from dashboard.access import may_operate
 from dashboard.state import curve_figure, job_manager, metric_names, run_listing, run_store
 from dashboard.tables import show_table
 
@@ -78,7 +79,9 @@ def run_detail(run_id: str) -> None:
     st.progress(min(max(run.progress, 0.0), 1.0))
     if run.error:
         st.error(run.error)
-    if run.status in ("queued", "running"):
+    if not may_operate():
+        pass  # viewers watch: no Cancel, no Resume (and the checks below run only for the operator)
+    elif run.status in ("queued", "running"):
         if st.button("Cancel", key=f"cancel_{run_id}"):
             manager.cancel(run_id)
             st.toast(f"cancelling {run_id}")

@@ -14,11 +14,16 @@ from core.ensemble import combiner_doc
 from core.errors import KdlabError
 from core.models import list_models, pretrained_status
 from dashboard import fields, figures, sweeps
+from dashboard.access import may_operate
 from dashboard.state import data_preview, job_manager, student_card, teacher_cards
 from dashboard.tables import show_table
 
 st.title("kdlab")
 st.caption("Ensemble image classifiers, then distil the ensemble into one small, fast student.")
+if not may_operate():  # viewers watch: the form reads files (data.root, weights) and launches runs
+    st.info("You are watching the runs of this class: follow them on the Runs, Trade-off, Diagnostics and "
+            "Compare pages. The operator sets up and launches runs here.")
+    st.stop()
 
 presets = config_mod.list_presets()
 preset_name = st.selectbox("Preset", presets, index=0, key="preset",
@@ -172,7 +177,7 @@ with right:
         except KdlabError as err:
             st.error(str(err))
 
-    if st.button("Launch", type="primary", disabled=cfg is None, key="launch"):
+    if st.button("Launch", type="primary", disabled=cfg is None, key="launch") and may_operate():
         try:
             run_id = job_manager().submit(cfg, source="dashboard")
             st.session_state["selected_run"] = run_id
