@@ -49,6 +49,9 @@ def launcher(cfg: RunConfig | None) -> None:
         except KdlabError as err:
             st.error(str(err))
             return
+        for axis in axes:
+            if axis.warning():
+                st.warning(axis.warning())
         if cfg is not None and axes:
             try:
                 total = sweep_trainings(cfg, axes, seeds)

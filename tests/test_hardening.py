@@ -353,3 +353,16 @@ def test_a_dashboard_on_a_network_address_without_a_password_opens_nothing(monke
     assert not at.exception, at.exception
     assert at.error and "without a password" in at.error[0].value and "KDLAB_PASSWORD" in at.error[0].value
     assert not at.button  # no page ran
+
+
+@pytest.mark.parametrize("name", ["imagefolder", "cifar10", "mnist"])
+def test_setup_offers_data_root_and_blocks_launch_until_the_data_loads(name, tmp_path):
+    from streamlit.testing.v1 import AppTest
+    at = AppTest.from_file(str(ROOT / "dashboard" / "views" / "setup.py"), default_timeout=60)
+    at.run()
+    at.selectbox(key="data_name").set_value(name).run()
+    assert not at.exception, at.exception
+    assert any("data.root" in e.value for e in at.error), [e.value for e in at.error]
+    assert at.button(key="launch").disabled
+    root = next(t for t in at.text_input if "root" in (t.label or "").lower() or "root" in str(t.key))
+    assert root is not None  # the field is on the form (More data settings)

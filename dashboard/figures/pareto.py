@@ -19,6 +19,8 @@ COSTS = {
     "peak_memory_mb": "peak memory (MB)",
     "train_seconds": "training time (s)",
 }
+SHORT = {"latency_ms": "latency", "params": "parameters", "flops": "FLOPs", "peak_memory_mb": "peak memory",
+         "train_seconds": "training time"}  # in titles, which the axis title and its units complete
 KIND_SYMBOLS = {"teacher": "circle", "ensemble": "diamond", "student": "square"}
 PLOT_PX = 270            # height of the plot area (the figure grows with its title and legend around it)
 CANVAS = Canvas(height=PLOT_PX - 20)  # where labels are placed: a little smaller than the real plot
@@ -226,7 +228,7 @@ def tradeoff(rows: Sequence[Mapping[str, Any]], x: str = "latency_ms") -> go.Fig
     fig.update_yaxes(title="test accuracy (mean ± std)", range=list(y_range))
     # The legend goes under the plot: beside it, it would take a third of a half-page chart's width.
     # The figure is as tall as its parts, so the plot area keeps the PLOT_PX the labels were placed in.
-    set_title(fig, f"Accuracy against {COSTS[x]}: upper left is better", note=note)
+    set_title(fig, f"Accuracy against {SHORT[x]}: upper left is better", note=note)
     names = [str(t.name) for t in fig.data if t.showlegend is not False]
     # Entries in equal columns (as many as the longest name allows), so the rows are known in advance.
     columns = max(1, min(3, int(LEGEND_WIDTH_PX // (40 + LEGEND_CHAR_PX * max(map(len, names))))))

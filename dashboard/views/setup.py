@@ -147,7 +147,9 @@ with left:
         data_cfg = cfg.data if cfg is not None else DataConfig()
         preview = data_preview(data_cfg.model_dump_json(), data_cfg)
     except KdlabError as err:
-        st.warning(str(err))
+        # The run would fail the same way in prepare (e.g. imagefolder without a data.root): no Launch.
+        st.error(f"{err} (set it under 'More data settings')" if err.field == "data.root" else str(err))
+        cfg = None
     if preview is not None:
         sizes = preview["sizes"]
         m1, m2, m3, m4 = st.columns(4)
