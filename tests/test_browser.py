@@ -98,15 +98,22 @@ def _serve(tmp_path_factory, extra_env: dict[str, str] | None = None):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def page(server, browser):
     ARTIFACTS.mkdir(exist_ok=True)
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = context.new_page()
+    pg.set_default_timeout(60_000)
+    yield pg
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One Chromium for the module: Playwright's sync API allows one running instance per thread."""
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        pg = context.new_page()
-        pg.set_default_timeout(60_000)
-        yield pg
-        browser.close()
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield chromium
+        chromium.close()
 
 
 def _goto(page, server, path: str = "") -> None:
@@ -212,7 +219,7 @@ def test_a_sweep_launched_from_setup_charts_on_compare(server, page):
     values.fill("1, 4")
     values.press("Enter")
     _settled(page)
-    seeds = page.get_by_label("Student seeds per point")
+    seeds = page.get_by_label("Student seeds per point", exact=True)  # not its help button
     seeds.fill("1")
     seeds.press("Enter")
     _settled(page)
@@ -236,13 +243,14 @@ def test_pages_answer_within_a_second_while_a_job_trains(server, page):
     page.get_by_text("queued").first.wait_for()
     timings = []
     for _ in range(5):
-        for tab in ("Teachers", "Ensemble & distillation", "Data"):
+        for tab in ("Teachers", "Data", "Ensemble & distillation"):  # ends on the tab of the slider below
             start = time.perf_counter()
             page.get_by_role("tab", name=tab).click()
             page.get_by_role("tab", name=tab, selected=True).wait_for()
             timings.append(time.perf_counter() - start)
         start = time.perf_counter()
-        page.get_by_label("alpha (weight of the distillation term)").focus()  # a slider: each key press reruns
+        # the slider's thumb (a key press on it reruns the page); exact: not the help button beside it
+        page.get_by_label("alpha (weight of the distillation term)", exact=True).get_by_role("slider").focus()
         page.keyboard.press("ArrowLeft")
         _settled(page, timeout_s=10)
         timings.append(time.perf_counter() - start)
@@ -347,35 +355,40 @@ def _login(page, url: str, password: str, *, admitted: bool = True) -> None:
     _settled(page)
 
 
-def test_class_mode_a_wrong_password_gets_nothing_and_a_viewer_cannot_launch(class_server):
+def test_class_mode_a_wrong_password_gets_nothing_and_a_viewer_cannot_launch(class_server, browser):
     ARTIFACTS.mkdir(exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            pg = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-            pg.set_default_timeout(60_000)
-            _login(pg, class_server["url"], "wrong", admitted=False)
-            assert pg.get_by_text("Wrong password.").count() == 1
-            assert pg.locator("[data-testid='stSidebarNav']").count() == 0  # no page, no navigation
-            assert pg.get_by_role("button", name="Launch").count() == 0
-            # A deep link does not get past the door either.
-            pg.goto(f"{class_server['url']}/runs")
-            pg.wait_for_selector("[data-testid='stApp']")
-            _settled(pg)
-            pg.screenshot(path=str(ARTIFACTS / "class-deep-link.png"), full_page=True)
-            assert pg.locator("input[type='password']").count() == 1 and pg.get_by_text("Curves").count() == 0
+    contexts = []  # the module's browser is shared: close only what this test opened
 
-            viewer = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-            viewer.set_default_timeout(60_000)
-            _login(viewer, class_server["url"], "class-pass")
-            viewer.screenshot(path=str(ARTIFACTS / "class-viewer.png"), full_page=True)
-            assert viewer.get_by_text("You are watching the runs of this class").count() == 1
-            assert viewer.get_by_role("button", name="Launch", exact=True).count() == 0
+    def new_page():
+        contexts.append(browser.new_context(viewport={"width": 1400, "height": 1000}))
+        return contexts[-1].new_page()
 
-            operator = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
-            operator.set_default_timeout(60_000)
-            _login(operator, class_server["url"], "op-pass")
-            operator.get_by_role("button", name="Launch", exact=True).wait_for()  # the operator's Setup has it
-        finally:
-            browser.close()
+    try:
+        pg = new_page()
+        pg.set_default_timeout(60_000)
+        _login(pg, class_server["url"], "wrong", admitted=False)
+        assert pg.get_by_text("Wrong password.").count() == 1
+        assert pg.locator("[data-testid='stSidebarNav']").count() == 0  # no page, no navigation
+        assert pg.get_by_role("button", name="Launch").count() == 0
+        # A deep link does not get past the door either.
+        pg.goto(f"{class_server['url']}/runs")
+        pg.wait_for_selector("[data-testid='stApp']")
+        _settled(pg)
+        pg.screenshot(path=str(ARTIFACTS / "class-deep-link.png"), full_page=True)
+        assert pg.locator("input[type='password']").count() == 1 and pg.get_by_text("Curves").count() == 0
+
+        viewer = new_page()
+        viewer.set_default_timeout(60_000)
+        _login(viewer, class_server["url"], "class-pass")
+        viewer.screenshot(path=str(ARTIFACTS / "class-viewer.png"), full_page=True)
+        assert viewer.get_by_text("You are watching the runs of this class").count() == 1
+        assert viewer.get_by_role("button", name="Launch", exact=True).count() == 0
+
+        operator = new_page()
+        operator.set_default_timeout(60_000)
+        _login(operator, class_server["url"], "op-pass")
+        operator.get_by_role("button", name="Launch", exact=True).wait_for()  # the operator's Setup has it
+    finally:
+        for context in contexts:
+            context.close()
     assert not list(Path(class_server["store"]).glob("2*")), "nothing was launched"
