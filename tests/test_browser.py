@@ -196,6 +196,29 @@ def test_tradeoff_and_diagnostics_show_their_charts(server, page):
     page.screenshot(path=str(ARTIFACTS / "diagnostics.png"), full_page=True)
 
 
+def test_export_from_tradeoff_then_download_the_zip(server, page, tmp_path):
+    import zipfile
+    _goto(page, server, "tradeoff")
+    page.get_by_role("button", name="Export", exact=True).wait_for()
+    drop = page.get_by_label("int8: largest test-accuracy drop allowed (points)", exact=True)
+    drop.fill("100")  # a 2-epoch student: this test is about the round trip, the int8 bound has its own tests
+    drop.press("Enter")
+    _settled(page)
+    page.get_by_role("button", name="Export", exact=True).click()
+    page.get_by_text("Exported").first.wait_for(timeout=240_000)
+    page.screenshot(path=str(ARTIFACTS / "export.png"), full_page=True)
+    with page.expect_download(timeout=60_000) as download:
+        page.get_by_role("button", name="Download the export (zip)").click()
+    saved = tmp_path / "export.zip"
+    download.value.save_as(saved)
+    names = zipfile.ZipFile(saved).namelist()
+    assert any(n.endswith("/card.json") for n in names) and any(n.endswith("/model.int8.onnx") for n in names)
+    # The Trade-off plot now has the shipped runtimes as points.
+    _goto(page, server, "tradeoff")
+    page.wait_for_selector(".js-plotly-plot")
+    assert page.get_by_text("'shipped' points").count() == 1
+
+
 def test_compare_loads_a_config_into_setup(server, page):
     _goto(page, server, "compare")
     page.get_by_role("button", name="Load into Setup").click()
