@@ -395,10 +395,10 @@ def test_class_mode_a_wrong_password_gets_nothing_and_a_viewer_cannot_launch(cla
         assert pg.get_by_role("button", name="Launch").count() == 0
         # A deep link does not get past the door either.
         pg.goto(f"{class_server['url']}/runs")
-        pg.wait_for_selector("[data-testid='stApp']")
+        pg.locator("input[type='password']").wait_for()  # the door again, not the Runs page
         _settled(pg)
         pg.screenshot(path=str(ARTIFACTS / "class-deep-link.png"), full_page=True)
-        assert pg.locator("input[type='password']").count() == 1 and pg.get_by_text("Curves").count() == 0
+        assert pg.locator("[data-testid='stSidebarNav']").count() == 0 and pg.get_by_text("Curves").count() == 0
 
         viewer = new_page()
         viewer.set_default_timeout(60_000)

@@ -219,8 +219,8 @@ def _export(source: Source, tmp: Path, scratch: Path, wanted: tuple[str, ...], q
         try:
             written[name] = write()
             return True
-        except FormatUnsupported as err:
-            log.warning("%s", err)
+        except FormatUnsupported as err:  # reported with the result (the CLI's error line, the card's "skipped")
+            log.info("%s", err)
             skipped[err.format] = err.problem.split(": ", 1)[-1]
             return False
 
