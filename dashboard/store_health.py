@@ -13,20 +13,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.store import RunStore, StoreDamaged, StoreError, recover_store, store_problem
+from core.store import RunStore, StoreError, recover_store, store_damaged, store_problem
 
 
 log = logging.getLogger(__name__)
-
-
-def _damaged(data_dir: str | Path | None) -> bool:
-    try:
-        RunStore(data_dir, reap=False).close()
-    except StoreDamaged:
-        return True
-    except StoreError as err:  # locked, unwritable, newer: shown as the message, not recoverable here
-        log.info("run store problem that moving the file aside would not fix: %s", err)
-    return False
 
 
 def _reindex(data_dir: str | Path | None) -> None:
@@ -41,7 +31,7 @@ def guard(data_dir: str | Path | None = None, *, can_repair: bool = True) -> Non
     problem = store_problem(data_dir)
     if problem is None:
         return
-    if not _damaged(data_dir):
+    if not store_damaged(data_dir):
         st.warning(problem)
         if can_repair and st.button("Rebuild runs from the run folders", key="store_reindex"):
             _reindex(data_dir)

@@ -25,6 +25,7 @@ numbers come from core.results).
 
 from __future__ import annotations
 
+import logging
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,7 +41,9 @@ from core.store.schema import (DB_NAME, NothingToRecover, StoreDamaged, StoreErr
 if TYPE_CHECKING:
     from core.store.reindex import ReindexReport
 
-__all__ = ["RunRecord", "RunStore", "StoreError", "recover_store", "store_problem"]
+__all__ = ["RunRecord", "RunStore", "StoreError", "recover_store", "store_damaged", "store_problem"]
+
+log = logging.getLogger(__name__)
 
 
 def _folder(data_dir: str | Path | None) -> Path:
@@ -98,6 +101,27 @@ def store_problem(data_dir: str | Path | None = None, *, thorough: bool = False)
         store.close()
 
 
+def store_damaged(data_dir: str | Path | None = None, *, thorough: bool = False) -> bool:
+    """Whether the store's file is damaged (what `recover_store` fixes); other store problems raise as they are.
+
+    thorough: also SQLite's quick check over the whole file, for damage deeper than the opening reads.
+    """
+    try:
+        store = RunStore(_folder(data_dir), reap=False)
+    except StoreDamaged as err:
+        log.info("run store damaged: %s", err)
+        return True
+    try:
+        if thorough:
+            store.check(thorough=True)
+    except StoreDamaged as err:
+        log.info("run store damaged beyond its opening reads: %s", err)
+        return True
+    finally:
+        store.close()
+    return False
+
+
 def recover_store(data_dir: str | Path | None = None) -> Path:
     """Move a damaged `kdlab.db` aside (`kdlab.db.damaged-<time>`, with -wal/-shm) and open a fresh store.
 
@@ -106,20 +130,9 @@ def recover_store(data_dir: str | Path | None = None) -> Path:
     newer kdlab), whose StoreError is raised as is. Reindex afterwards to bring back the runs.
     """
     folder = _folder(data_dir)
-    try:
-        store = RunStore(folder, reap=False)
-    except StoreDamaged:
-        pass
-    else:
-        try:
-            store.check(thorough=True)
-        except StoreDamaged:
-            pass  # damaged deeper than the opening reads: moved aside like the rest
-        else:
-            raise NothingToRecover("store", f"'{folder / DB_NAME}' is not damaged: nothing to move aside",
-                                   f"bring back run folders it lacks with `kdlab runs reindex --store '{folder}'`")
-        finally:
-            store.close()
+    if not store_damaged(folder, thorough=True):
+        raise NothingToRecover("store", f"'{folder / DB_NAME}' is not damaged: nothing to move aside",
+                               f"bring back run folders it lacks with `kdlab runs reindex --store '{folder}'`")
     moved = recovery.move_aside(folder / DB_NAME)
     with RunStore(folder, reap=False) as fresh:  # the fresh store in place, schema written
         fresh.notice = new_store_notice(folder, f"was damaged and moved aside to '{moved.name}'")

@@ -79,13 +79,12 @@ def run_detail(run_id: str) -> None:
     st.progress(min(max(run.progress, 0.0), 1.0))
     if run.error:
         st.error(run.error)
-    if not may_operate():
-        pass  # viewers watch: no Cancel, no Resume (and the checks below run only for the operator)
-    elif run.status in ("queued", "running"):
+    # Viewers watch: Cancel and Resume are drawn, and act, for the operator only.
+    if may_operate() and run.status in ("queued", "running"):
         if st.button("Cancel", key=f"cancel_{run_id}"):
             manager.cancel(run_id)
             st.toast(f"cancelling {run_id}")
-    elif run.resumable and run.dir_exists:
+    elif may_operate() and run.resumable and run.dir_exists:
         if st.button("Resume from the last checkpoint", key=f"resume_{run_id}"):
             try:
                 manager.resume(run_id)
