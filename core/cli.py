@@ -18,12 +18,13 @@ from core.cli_common import (EXIT_CANCELLED, KdlabGroup, ProgressBars, check_sto
                              config_source, configure_logging, data_dir_of, format_teacher_table, load_config,
                              quiet_option, store_option)
 from core.errors import Cancelled, KdlabError
+from core.cli_sweep import sweep, sweeps
 from core.export.cli import export_command
 from core.lifecycle import RunStatus, check_resumable, one_line
-from core.store import (DEFAULT_DIR, ENV_VAR, NothingToRecover, RunStore, expected_trainings, new_run_id,
+from core.store import (NothingToRecover, RunStore, expected_trainings, new_run_id,
                         record_run, recover_store)
 from core.store.listing import format_reindex, format_runs
-from core.tables import Column, as_dict, millions, text_table
+from core.tables import Column, millions, text_table
 
 # -- commands ------------------------------------------------------------------------------------
 
@@ -131,75 +132,19 @@ def _record_start(store: RunStore, cfg, out: Path, run_id: str, resumed: bool) -
 
 
 @main.command()
-@config_source("Override a base config value (teachers, data, train settings are fixed for the sweep).")
-@click.option("--grid", "grid", multiple=True, required=True, metavar="FIELD=V1,V2,...",
-              help="A swept field and its values, e.g. --grid distill.temperature=1,2,4 (repeatable: the "
-                   "grid is every combination). Fields: distill.*, student.*, ensemble.scheme.")
-@click.option("--seeds", type=click.IntRange(1, 20), default=None,
-              help="Student seeds per point (default: student.seeds of the config).")
-@click.option("--out", type=click.Path(),
-              help="Folder for teachers, cache and sweep results (default: a new sweep-* folder in the run "
-                   "store's folder, where the dashboard's Compare page lists it).")
-@store_option(f"Run store folder for the default --out (default ${ENV_VAR} or ./{DEFAULT_DIR}).")
-@quiet_option
-def sweep(config_file: str | None, preset_name: str | None, overrides: tuple[str, ...], grid: tuple[str, ...],
-          seeds: int | None, out: str | None, store_dir: str | None, quiet: bool) -> None:
-    """Student sweep: train the teachers once, then KD and scratch students for every grid point.
-
-    Points are ranked by the distilled students' val accuracy; test accuracy, the paired KD - scratch
-    gain and gain recovery are reported beside it (sweep.csv and sweep.json in --out).
-    """
-    from core.sweep import format_sweep, run_sweep
-    from core.sweep_grid import check_grid, parse_axis
-    from core.train import CancelToken, EventBus
-
-    cfg = load_config(config_file, preset_name, overrides)
-    axes = [parse_axis(g) for g in grid]
-    points = check_grid(cfg, axes, seeds)  # every point validated before the banner promises it
-    n_seeds = seeds or cfg.student.seeds
-    if out is None:
-        check_store_folder(data_dir_of(store_dir))
-        out = str(data_dir_of(store_dir) / f"sweep-{new_run_id(cfg.name)}")
-    click.echo(f"kdlab sweep: {cfg.name}, {points} point(s) x {n_seeds} seed(s) into {out}; teachers trained "
-               "once", err=True)
-    cancel = CancelToken()
-    events = EventBus(ProgressBars(enabled=not quiet))
-
-    def on_row(row: Any) -> None:
-        r = as_dict(row)
-        val = "" if r["kd_val_acc"] is None else f" (val {r['kd_val_acc']:.4f})"
-        click.echo(f"done: {r['point']}: KD {r['kd_test_acc_mean']:.4f} vs scratch "
-                   f"{r['scratch_test_acc_mean']:.4f}{val}", err=True)
-
-    def print_warning(event) -> None:
-        if event.kind == "info" and event.message.startswith("warning: "):
-            click.echo(event.message, err=True)
-
-    events.subscribe(print_warning)
-    try:
-        result = run_sweep(cfg, axes, Path(out), seeds, events, cancel, on_row)
-    except (Cancelled, KeyboardInterrupt):
-        cancel.cancel()
-        click.echo(f"cancelled: checkpoints are kept; resume with the same command and --out {out}", err=True)
-        sys.exit(EXIT_CANCELLED)
-    click.echo(format_sweep(result))
-    if result.best is not None:
-        best = as_dict(result.rows[result.best])
-        sets = " ".join(f"--set {name}={best[name]}" for name in result.axes)
-        click.echo(f"\n* best by KD val accuracy: {best['point']} (test {best['kd_test_acc_mean']:.4f} +- "
-                   f"{best['kd_test_acc_std']:.4f}); train it: kdlab run ... {sets}")
-    click.echo(f"results: {Path(out) / 'sweep.csv'}")
-
-
-@main.command()
 @click.argument("run_id")
 @store_option()
 @quiet_option
 def resume(run_id: str, store_dir: str | None, quiet: bool) -> None:
-    """Continue an interrupted, failed or cancelled run of the store from its checkpoints."""
+    """Continue an interrupted, failed or cancelled run (or sweep) of the store from its checkpoints."""
     from core.pipeline import prepare
 
     store = RunStore(data_dir_of(store_dir))
+    if run_id in {s.id for s in store.sweeps()}:
+        from core.cli_sweep import resume_sweep
+
+        resume_sweep(store, run_id, quiet)
+        return
     record = store.get_run(run_id)
     check_resumable(run_id, record.status)
     if record.started is not None and not record.dir_exists:
@@ -300,6 +245,8 @@ def show_config(config_file: str | None, preset_name: str | None, overrides: tup
 
 
 main.add_command(export_command)
+main.add_command(sweep)
+main.add_command(sweeps)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ class RunStatus(str, enum.Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"
+    PRUNED = "pruned"        # a search trial its pruner stopped early: ended, and not to be resumed
 
     # Groups, set below the class (inside the body they would become members).
     ACTIVE: ClassVar[tuple["RunStatus", ...]]      # owned by a live process: queued or running
@@ -36,11 +37,15 @@ class RunStatus(str, enum.Enum):
 
 
 RunStatus.ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
-RunStatus.FINISHED = (RunStatus.DONE, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.INTERRUPTED)
+RunStatus.FINISHED = (RunStatus.DONE, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.INTERRUPTED, RunStatus.PRUNED)
 RunStatus.RESUMABLE = (RunStatus.INTERRUPTED, RunStatus.FAILED, RunStatus.CANCELLED)
 
 # What a stopped run says about why it stopped (an info event, a sweep's stage).
 STOP_MESSAGES = {RunStatus.CANCELLED: "cancelled by user", RunStatus.INTERRUPTED: "stopped: the app shut down"}
+
+
+class Pruned(Exception):
+    """A search trial was stopped by its pruner (a decision, not an error): it ends as `pruned`."""
 
 
 class NotResumable(KdlabError):
@@ -52,6 +57,9 @@ def check_resumable(run_id: str, status: str) -> None:
     if status in RunStatus.RESUMABLE:
         return
     what = f"still {status}" if status in RunStatus.ACTIVE else str(status)
+    if status == RunStatus.PRUNED:
+        raise NotResumable(f"run {run_id}", "cannot be resumed: its search pruned it (hopeless at its epoch)",
+                           "train its config again as a new run, e.g. with more seeds")
     raise NotResumable(f"run {run_id}", f"cannot be resumed: it is {what}",
                        "resume only interrupted, failed or cancelled runs")
 
@@ -64,12 +72,14 @@ def one_line(message: object) -> str:
 def final_status(exc: BaseException | None, *, shutting_down: bool) -> tuple[RunStatus, str | None]:
     """The final status of a run that ended with `exc` (None: it finished), and its one-line error.
 
-    Cancelled and Ctrl-C are `cancelled`, or `interrupted` (resumable, nobody asked) while the app
+    A search trial's Pruned is `pruned`. Cancelled and Ctrl-C are `cancelled`, or `interrupted` (resumable, nobody asked) while the app
     shuts down; a KdlabError is `failed` with its message; any other Exception is `failed` with its
     type. A BaseException that is neither (SystemExit) means the process is going away: `interrupted`.
     """
     if exc is None:
         return RunStatus.DONE, None
+    if isinstance(exc, Pruned):
+        return RunStatus.PRUNED, None
     if isinstance(exc, (Cancelled, KeyboardInterrupt)):
         return (RunStatus.INTERRUPTED if shutting_down else RunStatus.CANCELLED), None
     if isinstance(exc, KdlabError):

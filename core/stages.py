@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from core.atomic import write_tensors
-from core.bench import ensemble_cost, measure
+from core.bench import Cost, ensemble_cost, measure
 from core.cache import SPLITS, CacheStats, file_hash, teacher_logits, teacher_view_logits
 from core.data import ViewGrid
 from core.device import precision_for
@@ -260,13 +260,22 @@ def diagnostics_stage(prep: Prepared, teachers: TrainedTeachers,
                  val_y=prep.data.val.y, students=student_logits, class_names=prep.data.class_names))
 
 
+def teacher_costs(prep: Prepared, teachers: TrainedTeachers) -> dict[str, Cost]:
+    """Each teacher member's measured cost (a sweep measures them once for all its trials)."""
+    data = prep.data
+    return {label: measure(model, data.in_chans, data.image_size, prep.device)
+            for label, model in teachers.models.items()}
+
+
 def comparison_stage(prep: Prepared, teachers: TrainedTeachers, ensembles: list[EnsembleEntry],
-                     students: TrainedStudents, target_scheme: str
+                     students: TrainedStudents, target_scheme: str, costs: dict[str, Cost] | None = None
                      ) -> tuple[list[ComparisonRow], ComparisonSummary]:
-    """One row per method with accuracy, NLL (mean +- std over seeds), ECE and measured cost."""
+    """One row per method with accuracy, NLL (mean +- std over seeds), ECE and measured cost.
+
+    costs: the teachers' (teacher_costs), when already measured.
+    """
     data, device = prep.data, prep.device
-    cost_of = {label: measure(model, data.in_chans, data.image_size, device)
-               for label, model in teachers.models.items()}
+    cost_of = costs if costs is not None else teacher_costs(prep, teachers)
     rows = []
     for member in prep.members:
         draws = [t for t in teachers.entries if t.name == member.label]

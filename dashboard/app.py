@@ -27,6 +27,7 @@ pages = [
     st.Page(str(PAGES / "tradeoff.py"), title="Trade-off", icon=":material/scatter_plot:"),
     st.Page(str(PAGES / "diagnostics.py"), title="Diagnostics", icon=":material/insights:"),
     st.Page(str(PAGES / "compare.py"), title="Compare", icon=":material/compare:"),
+    st.Page(str(PAGES / "search.py"), title="Search", icon=":material/travel_explore:"),
     st.Page(str(PAGES / "learn.py"), title="Learn", icon=":material/school:"),
 ]
 from dashboard.access import gate, may_operate  # noqa: E402 - after set_page_config, which must come first

@@ -12,100 +12,19 @@ from __future__ import annotations
 
 import logging
 import math
-import types
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Literal, Mapping, Union, get_args, get_origin
+from typing import Any, Iterable, Mapping
 
-import annotated_types
 import streamlit as st
 from pydantic import BaseModel, ValidationError
-from pydantic_core import PydanticUndefined
 
 from core.config import RunConfig
+# The field reader lives in core (the search space checks fields too, and core never imports
+# streamlit); its names stay importable from here for the pages and tests that use them.
+from core.config_fields import FieldSpec, _registry, field_spec  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "cfg."  # keys of the generated widgets; Setup drops them when it loads another config
-
-
-def _registry(model: str, name: str) -> Callable[[], list[str]] | None:
-    """The registry whose names are the valid values of a str field (imported when first needed)."""
-    if (model, name) == ("DataConfig", "name"):
-        from core.data import list_datasets
-        return list_datasets
-    if (model, name) == ("EnsembleConfig", "scheme"):
-        from core.ensemble import list_combiners
-        return list_combiners
-    if (model, name) == ("DistillConfig", "loss"):
-        from core.distill import list_kd_losses
-        return list_kd_losses
-    if (model, name) == ("RunConfig", "device"):
-        from core.device import DEVICE_CHOICES
-        return lambda: list(DEVICE_CHOICES)
-    return None
-
-
-@dataclass(frozen=True)
-class FieldSpec:
-    """What a widget needs to know about one config field."""
-
-    name: str
-    kind: type                       # int, float, bool or str (the field's type without None)
-    optional: bool                   # None is a valid value (an empty widget)
-    default: Any                     # None for a required field
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    lt: float | None = None
-    choices: tuple[Any, ...] | None = None
-    help: str = ""
-
-    @property
-    def label(self) -> str:
-        return self.name.replace("_", " ").capitalize()
-
-    def minimum(self, resolution: float) -> float | None:
-        """The smallest value a widget may offer: ge, or gt plus the widget's resolution."""
-        if self.ge is not None:
-            return self.ge
-        return None if self.gt is None else self.gt + resolution
-
-    def maximum(self, resolution: float) -> float | None:
-        """The largest value a widget may offer: le, or lt minus the widget's resolution."""
-        if self.le is not None:
-            return self.le
-        return None if self.lt is None else self.lt - resolution
-
-
-def field_spec(model_cls: type[BaseModel], name: str) -> FieldSpec:
-    """Type, default, bounds, choices and description of `model_cls.name`, read from its pydantic field."""
-    try:
-        info = model_cls.model_fields[name]
-    except KeyError:
-        raise ValueError(f"{model_cls.__name__} has no field '{name}'; its fields are "
-                         f"{', '.join(model_cls.model_fields)}") from None
-    annotation, optional = info.annotation, False
-    if get_origin(annotation) in (Union, types.UnionType):
-        args = [a for a in get_args(annotation) if a is not type(None)]
-        optional = len(args) < len(get_args(annotation))
-        annotation = args[0] if len(args) == 1 else annotation
-    choices = None
-    if get_origin(annotation) is Literal:
-        choices = get_args(annotation)
-        annotation = type(choices[0])
-    elif annotation is str and (registry := _registry(model_cls.__name__, name)) is not None:
-        choices = tuple(registry())
-    if annotation not in (int, float, bool, str):
-        raise ValueError(f"{model_cls.__name__}.{name} is a {annotation}: only int, float, bool and str "
-                         "fields (optionally None or a Literal) have a form widget")
-    bounds: dict[str, float] = {}
-    for meta in info.metadata:
-        for bound, cls in (("ge", annotated_types.Ge), ("gt", annotated_types.Gt), ("le", annotated_types.Le),
-                           ("lt", annotated_types.Lt)):
-            if isinstance(meta, cls):
-                bounds[bound] = getattr(meta, bound)
-    default = info.default if info.default is not PydanticUndefined else None
-    return FieldSpec(name, annotation, optional, default, choices=choices, help=info.description or "", **bounds)
 
 
 def _decimals(spec: FieldSpec, value: Any) -> int:

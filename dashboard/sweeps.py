@@ -1,75 +1,34 @@
-"""Sweeps on the dashboard: launch one from the Setup form's config, follow and cancel the running
-ones, and resume one that stopped. The job manager trains them; this module only reads and asks."""
+"""Sweeps on the dashboard: follow and cancel the ones this app runs, and resume one that stopped.
+
+The Setup page launches them (dashboard/search_launch.py); the job manager trains them; this module
+only reads and asks.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import streamlit as st
+import yaml
+from pydantic import ValidationError
 
-from core.config import RunConfig, StudentConfig
-from core.errors import KdlabError
+from core import config as config_mod
+from core.errors import KdlabError, OutputError
+from core.lifecycle import RunStatus
+from core.search.spec import SearchSpec
 from core.store import ACTIVE
-from core.sweep_grid import COMMON_AXES, grid_points, parse_axis, read_sweep_spec, sweep_trainings
-from dashboard import fields
+from core.sweep_grid import grid_points, read_sweep_spec
 from dashboard.access import may_operate
 from dashboard.state import job_manager
 
+log = logging.getLogger(__name__)
+
 REFRESH_SECONDS = 2.0  # the progress panel polls the job manager this often
-AXIS_ROWS = 3          # axes offered on the form; the CLI takes any number
 BUSY_SECONDS = 60.0    # a sweep folder whose events.jsonl changed this recently is being trained elsewhere
-
-
-def axes_from_form(rows: list[tuple[str, str]]) -> list:
-    """Axes from (field, 'v1, v2, ...') rows; rows with no values are skipped. Raises ConfigError."""
-    return [parse_axis(f"{name}={values}") for name, values in rows if name and values.strip()]
-
-
-def launcher(cfg: RunConfig | None) -> None:
-    """'Sweep student settings': axes over the form's config, seeds, and a Launch sweep button."""
-    with st.expander("Sweep student settings"):
-        st.caption("Train these teachers once, then a distilled and a scratch student per seed for every "
-                   "combination of the values below (comma-separated). Points are ranked by the "
-                   "distilled students' val accuracy; follow and chart the sweep on the Compare page.")
-        rows = []
-        for i in range(AXIS_ROWS):
-            left, right = st.columns([2, 3])
-            name = left.selectbox(f"Axis {i + 1}", ["", *COMMON_AXES], key=f"sweep_axis_{i}")
-            values = right.text_input(f"Values of axis {i + 1}", key=f"sweep_values_{i}",
-                                      placeholder="e.g. 1, 2, 4", disabled=not name)
-            rows.append((name, values))
-        # StudentConfig.seeds' range and help; the form's student seeds as the starting value
-        seeds = fields.number_input_for(StudentConfig, "seeds", {"seeds": cfg.student.seeds} if cfg else {},
-                                        key="sweep_seeds", label="Student seeds per point",
-                                        container=st.columns([1, 3])[0])
-        try:
-            axes = axes_from_form(rows)
-        except KdlabError as err:
-            st.error(str(err))
-            return
-        for axis in axes:
-            if axis.warning():
-                st.warning(axis.warning())
-        if cfg is not None and axes:
-            try:
-                total = sweep_trainings(cfg, axes, seeds)
-            except KdlabError as err:
-                st.error(str(err))
-                return
-            st.caption(f"{len(grid_points(axes))} point(s) x {seeds} seed(s): {total} trainings, teachers included.")
-            grid = " ".join(f"--grid {a.field}={','.join(str(v) for v in a.values)}" for a in axes)
-            st.caption("The same sweep headless, with the YAML under 'Run it headless' saved as config.yaml:")
-            st.code(f"kdlab sweep config.yaml {grid} --seeds {seeds}", language="bash")
-        if st.button("Launch sweep", disabled=cfg is None or not axes, key="sweep_launch") and may_operate():
-            try:
-                sweep_id = job_manager().submit_sweep(cfg, axes, seeds=seeds)
-            except KdlabError as err:
-                st.error(str(err))
-                return
-            st.session_state["sweep_dir"] = str(job_manager().store.data_dir / sweep_id)
-            st.success(f"queued {sweep_id}: follow it on the Compare page")
+SPENT_STATES = ("pruned", "failed")  # trials that spent the budget without a row in sweep.json
 
 
 @st.fragment(run_every=REFRESH_SECONDS)
@@ -85,28 +44,58 @@ def progress_panel() -> None:
             manager.cancel_sweep(job["id"])
 
 
-def resume_offer(folder: Path, sweep: dict[str, Any]) -> None:
-    """For a sweep folder with points still to train and no job on it: say so and offer Resume."""
+
+
+def _how_to_resume(folder: Path) -> tuple[int, Callable[[], str]] | None:
+    """The folder's trial budget and how to queue it again; None when it needs nothing (its row is done).
+
+    Its row in the store when it has one; else its search.json (a folder copied from another store: it
+    continues here as a new study, its trials' students resuming from their checkpoints); else the
+    sweep.yaml of a grid from before sweeps were store rows.
+    """
     manager = job_manager()
-    if manager.sweep_active(folder.name):
+    record = manager.store.find_sweep_by_dir(folder)
+    if record is not None:
+        if record.status == RunStatus.DONE:
+            return None
+        return SearchSpec.model_validate(record.spec).trials, lambda: manager.resume_sweep(folder)
+    if (folder / "search.json").is_file():
+        try:
+            spec = SearchSpec.model_validate_json((folder / "search.json").read_text())
+            base = config_mod.validate(yaml.safe_load((folder / "config.yaml").read_text()))
+        except (OSError, ValueError, ValidationError, yaml.YAMLError) as err:
+            log.warning("sweep folder %s cannot be resumed: %s", folder, err)
+            raise OutputError("sweep folder", f"'{folder}' has an unreadable search.json or config.yaml "
+                              f"({type(err).__name__})", "start a new sweep instead") from None
+        return spec.trials, lambda: manager.submit_search(base, spec, out=folder)
+    _, axes, _ = read_sweep_spec(folder)
+    return len(grid_points(axes)), lambda: manager.resume_sweep(folder)
+
+
+def resume_offer(folder: Path, sweep: Any) -> None:
+    """For a sweep folder (core.sweep.LoadedSweep) with trials still to train and no job on it: say so and
+    offer Resume."""
+    if job_manager().sweep_active(folder.name):
         return
     try:
-        _, axes, _ = read_sweep_spec(folder)
+        found = _how_to_resume(folder)
     except KdlabError as err:
         st.warning(str(err))
         return
-    points = len(grid_points(axes))
+    if found is None:
+        return
+    budget, resume = found
     events = folder / "events.jsonl"
     age = time.time() - events.stat().st_mtime if events.is_file() else float("inf")
-    done = len(sweep.rows)
-    if done < points and age < BUSY_SECONDS:
-        st.info(f"{done} of {points} points are done; another process wrote to this sweep "
+    done = len(sweep.rows) + sum(t.state in SPENT_STATES for t in sweep.file.trials)
+    if done < budget and age < BUSY_SECONDS:
+        st.info(f"{done} of {budget} points are done; another process wrote to this sweep "
                 f"{age:.0f} s ago (a `kdlab sweep` still running?).")
-    elif done < points:
-        st.warning(f"{done} of {points} points are done: this sweep stopped before the end.")
+    elif done < budget:
+        st.warning(f"{done} of {budget} points are done: this sweep stopped before the end.")
         if may_operate() and st.button("Resume sweep", key="sweep_resume"):
             try:
-                manager.resume_sweep(folder)
+                resume()
                 st.success("queued again: finished students are not trained again")
             except KdlabError as err:
                 st.error(str(err))

@@ -260,6 +260,36 @@ def test_a_sweep_launched_from_setup_charts_on_compare(server, page):
     page.screenshot(path=str(ARTIFACTS / "sweep-dashboard.png"), full_page=True)
 
 
+def test_the_search_page_shows_a_finished_search(server, page):
+    """A tiny two-objective search run into the server's store (here, as `kdlab sweep` would), then its page."""
+    from core import config
+    from core.search.engine import run_search
+    from core.search.space import parse_dimension
+    from core.search.spec import make_spec
+    from core.store import RunStore
+    base = config.validate({"name": "browser-search", "data": {"name": "shapes", "count": 240, "image_size": 16},
+                            "teachers": [{"model": "test_resnet"}], "distill": {"teaching": "cached"},
+                            "student": {"model": "test_byobnet", "width": None, "seeds": 1},
+                            "train": {"epochs": 2, "batch_size": 32}})
+    spec = make_spec(base, search="tpe", space=[parse_dimension("student.lr=0.0001..0.3:log")], trials=2,
+                     objectives="val_acc,latency_ms")
+    with RunStore(server["store"]) as store:
+        run_search(base, spec, server["store"] / "sweep-browser", store=store)
+    _goto(page, server, "search")
+    page.get_by_text("sweep-browser").first.wait_for()  # the newest sweep, chosen
+    page.get_by_text("Pick rule:").wait_for()
+    # history, Pareto front, parallel coordinates, importance: plotly draws them after the script run
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 4")
+    _charts_drawn(page)
+    assert page.locator(".js-plotly-plot").count() == 4
+    for title in ("Val accuracy per trial", "Pareto front", "Parallel coordinates", "Which settings matter"):
+        assert page.locator(".js-plotly-plot").filter(has_text=title).count() == 1, title
+    table = page.locator("[data-testid='stDataFrame']").filter(has_text="finished")
+    table.wait_for(state="attached")
+    page.get_by_role("button", name="Open on Runs").wait_for()
+    page.screenshot(path=str(ARTIFACTS / "search.png"), full_page=True)
+
+
 def test_pages_answer_within_a_second_while_a_job_trains(server, page):
     _goto(page, server)
     page.get_by_role("button", name="Launch").click()  # the full digits demo: trains for a while

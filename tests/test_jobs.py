@@ -212,12 +212,12 @@ def test_a_sweep_job_runs_in_the_queue_after_a_run_and_writes_its_folder(manager
     assert manager.store.get_run(run_id).status == "done"
     assert info["points_done"] == info["points"] == 2 and info["progress"] == 1.0
     assert progress == sorted(progress) and any(0 < p < 1 for p in progress)
-    # 1 teacher + 2 KD students + 1 shared scratch student: all counted, none missed.
-    assert manager._sweeps[sweep_id].trainings_done == manager._sweeps[sweep_id].total_trainings == 4
+    record = manager.store.get_sweep(sweep_id)  # a row of the store, its trials runs of it
+    assert record.status == "done" and [t.status for t in manager.store.trials(sweep_id)] == ["done", "done"]
     folder = tmp_path / sweep_id
     assert find_sweeps(tmp_path) == [folder]
     assert [r.point for r in load_sweep(folder).rows] == ["distill.temperature=1", "distill.temperature=4"]
-    assert manager.queued() == [] and manager.running() == []  # sweeps are not store runs
+    assert manager.queued() == [] and manager.running() == []  # the sweep's trials ran inside its job
 
 
 def test_a_bad_sweep_is_refused_before_it_is_queued(manager):
@@ -239,7 +239,7 @@ def test_a_cancelled_sweep_resumes_in_its_folder_without_retraining(manager, tmp
     # 20 student epochs: the second point is still training when the test cancels it.
     sweep_id = manager.submit_sweep(tiny("student.epochs=20"), axes, seeds=1)
     job = manager._sweeps[sweep_id]
-    _wait_for(lambda: job.points_done >= 1)  # the first point is written
+    _wait_for(lambda: job.trials_done >= 1)  # the first point is written
     assert manager.cancel_sweep(sweep_id)
     assert manager.wait_sweep(sweep_id, timeout=60) == "cancelled"
     assert len(load_sweep(tmp_path / sweep_id).rows) == 1
@@ -251,7 +251,7 @@ def test_a_cancelled_sweep_resumes_in_its_folder_without_retraining(manager, tmp
     assert again == sweep_id
     assert manager.wait_sweep(sweep_id, timeout=120) == "done"
     resumed = manager._sweeps[sweep_id]
-    assert resumed is not job and resumed.points_done == 2
+    assert resumed is not job and resumed.trials_done == 2
     rows = load_sweep(tmp_path / sweep_id).rows
     assert [r.seeds for r in rows] == [1, 1]
     # After the resume only the second point's distilled student trains (from its last checkpoint, if any); the teacher and
@@ -271,7 +271,7 @@ def test_shutdown_leaves_running_and_waiting_sweeps_interrupted(tmp_path):
     axes = [parse_axis("distill.temperature=1,2")]
     running = jobs.submit_sweep(tiny("student.epochs=50"), axes, seeds=1)
     waiting = jobs.submit_sweep(tiny(), axes, seeds=1, out=tmp_path / "sweep-second")
-    _wait_for(lambda: jobs._sweeps[running].trainings_done >= 1)  # past its teacher
+    _wait_for(lambda: jobs._sweeps[running].stage.startswith("trial"))  # past its teacher
     jobs.shutdown(timeout=60)
     statuses = {s["id"]: s["status"] for s in jobs.sweeps()}
     assert statuses == {running: "interrupted", waiting: "interrupted"}

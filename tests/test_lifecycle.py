@@ -18,9 +18,10 @@ CONFIG = {"name": "tiny", "teachers": [{"model": "test_resnet"}]}
 def test_run_status_is_a_string_in_python_and_in_sqlite():
     assert RunStatus.DONE == "done" and "done" == RunStatus.DONE
     assert f"{RunStatus.INTERRUPTED}|{RunStatus.DONE:>6}" == "interrupted|  done"
-    assert [s.value for s in RUN_STATUSES] == ["queued", "running", "done", "failed", "cancelled", "interrupted"]
+    assert [s.value for s in RUN_STATUSES] == ["queued", "running", "done", "failed", "cancelled", "interrupted",
+                                             "pruned"]
     assert ACTIVE == ("queued", "running") and "running" in ACTIVE and "done" not in ACTIVE
-    assert set(FINISHED) == {"done", "failed", "cancelled", "interrupted"}
+    assert set(FINISHED) == {"done", "failed", "cancelled", "interrupted", "pruned"}
     assert set(RESUMABLE) == {"interrupted", "failed", "cancelled"}
     assert RunStatus.ACTIVE is ACTIVE  # the store's names are the enum's groups
     conn = sqlite3.connect(":memory:")

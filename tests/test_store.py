@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 import subprocess
 import sys
 import threading
@@ -38,13 +39,13 @@ def _step(i: int, source: str = "teacher/a/s0") -> Event:
     return Event("step", source, step=i, epoch=1, metrics={"train/loss": 1.0 / (i + 1), "lr": 0.1})
 
 
-def test_new_store_has_schema_version_1_in_wal_mode(tmp_path):
+def test_new_store_has_the_current_schema_version_in_wal_mode(tmp_path):
     store = RunStore(tmp_path / "runs")
     assert (tmp_path / "runs" / "kdlab.db").is_file()
-    assert store.schema_version() == SCHEMA_VERSION == 1
+    assert store.schema_version() == SCHEMA_VERSION == 2
     assert store.journal_mode == "wal"
     store.close()
-    assert RunStore(tmp_path / "runs").schema_version() == 1  # reopening keeps it
+    assert RunStore(tmp_path / "runs").schema_version() == SCHEMA_VERSION  # reopening keeps it
 
 
 @pytest.mark.parametrize("case", ["newer", "older", "foreign"])
@@ -52,7 +53,7 @@ def test_other_schema_versions_are_refused_with_a_clear_message(tmp_path, case):
     store = RunStore(tmp_path)
     store.close()
     if case == "newer":
-        _sql(store, "UPDATE schema_version SET version = 2")
+        _sql(store, f"UPDATE schema_version SET version = {SCHEMA_VERSION + 1}")
         expected = "newer kdlab"
     elif case == "older":
         _sql(store, "UPDATE schema_version SET version = 0")
@@ -78,26 +79,46 @@ def test_an_older_database_is_migrated_in_one_transaction(tmp_path):
     with RunStore(tmp_path) as old:
         run_id = old.create_run(CONFIG, status="running", source="cli")
         old.append_events(run_id, [_step(1)])
+    now = SCHEMA_VERSION
 
-    class Broken(RunStore):  # a layout whose step up from version 1 fails half-way
-        schema_version_target = 2
-        migrations = {1: _broken}
+    class Broken(RunStore):  # a layout whose step up from the current version fails half-way
+        schema_version_target = now + 1
+        migrations = {now: _broken}
 
     with pytest.raises(StoreError, match="disk I/O error"):
         Broken(tmp_path)
-    with RunStore(tmp_path) as unchanged:  # rolled back: still version 1, no half-added column
-        assert unchanged.schema_version() == 1 and unchanged.get_run(run_id).status == "running"
+    with RunStore(tmp_path) as unchanged:  # rolled back: still the current version, no half-added column
+        assert unchanged.schema_version() == now and unchanged.get_run(run_id).status == "running"
 
     class Tagged(RunStore):
-        schema_version_target = 2
-        migrations = {1: _add_tags}
+        schema_version_target = now + 1
+        migrations = {now: _add_tags}
 
     with Tagged(tmp_path) as new:
-        assert new.schema_version() == 2
+        assert new.schema_version() == now + 1
         assert new.get_run(run_id).status == "running" and new.last_seq(run_id) == 1  # nothing lost
         assert "tags" in {r[1] for r in new._read("PRAGMA table_info(runs)")}
     with pytest.raises(StoreError, match="newer kdlab"):  # and this kdlab now refuses it, as any newer file
         RunStore(tmp_path)
+
+
+def test_a_version_1_store_gains_sweeps_and_keeps_every_run_and_event(tmp_path):
+    """A store written before sweeps were rows (the dump of a real version-1 file) upgrades in place."""
+    conn = sqlite3.connect(tmp_path / "kdlab.db")
+    conn.executescript((Path(__file__).parent / "fixtures" / "store_v1.sql").read_text())
+    conn.close()
+    with RunStore(tmp_path, reap=False) as store:
+        assert store.schema_version() == SCHEMA_VERSION == 2
+        done, stopped = "20261101-120000-old-run-ab12", "20261101-130000-old-run-cd34"
+        assert store.get_run(done).status == "done" and store.get_run(stopped).status == "interrupted"
+        assert [e["kind"] for e in store.events(done)] == ["start", "epoch"]
+        assert store.events(done)[1]["metrics"] == {"val/acc": 0.5}
+        assert store.get_run(done).sweep_id is None and store.sweeps() == []
+        store.set_status(stopped, RunStatus.PRUNED)  # the rebuilt table takes the new status
+        assert store.get_run(stopped).status is RunStatus.PRUNED
+        store.delete_run(done)  # and the events table still cascades from runs
+        assert store._read("SELECT COUNT(*) FROM events WHERE run_id = ?", (done,))[0][0] == 0
+        assert store.last_seq(stopped) == 1
 
 
 def test_corrupt_database_file_names_the_path_and_the_fix(tmp_path):

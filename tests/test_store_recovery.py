@@ -23,7 +23,7 @@ from core.cli import main
 from core.errors import Cancelled
 from core.pipeline import prepare, run_experiment
 from core.results import headline
-from core.store import (NothingToRecover, RunStatus, RunStore, StoreDamaged, StoreError, expected_trainings,
+from core.store import (SCHEMA_VERSION, NothingToRecover, RunStatus, RunStore, StoreDamaged, StoreError, expected_trainings,
                         record_run, recover_store, store_problem)
 from core.train import CancelToken, EventBus
 
@@ -88,7 +88,7 @@ def test_a_damaged_file_is_one_clear_error_until_it_is_moved_aside(tmp_path, cas
         assert sqlite3.connect(moved).execute("SELECT name FROM users").fetchall() == [("ada",)]
     assert f"was damaged and moved aside to '{moved.name}'" in store_problem(tmp_path)  # reindex, it says
     with RunStore(tmp_path) as fresh:
-        assert fresh.run_ids() == [] and fresh.schema_version() == 1
+        assert fresh.run_ids() == [] and fresh.schema_version() == SCHEMA_VERSION
         fresh.reindex()
     assert store_problem(tmp_path) is None
     with pytest.raises(NothingToRecover, match="not damaged: nothing to move aside"):

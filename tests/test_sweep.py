@@ -125,7 +125,7 @@ def test_sweep_rows_and_files(tiny_sweep):
     assert float(table[0]["kd_test_acc_mean"]) == pytest.approx(result.rows[0].kd_test_acc_mean)
     saved = json.loads((out / "sweep.json").read_text())
     assert saved["axes"] == result.axes and len(saved["rows"]) == 2
-    assert (out / "config.yaml").is_file() and (out / "sweep.yaml").is_file()
+    assert (out / "config.yaml").is_file() and (out / "search.json").is_file()
 
 
 def test_sweep_rerun_resumes_and_other_axes_are_refused(tiny_sweep):
@@ -134,7 +134,7 @@ def test_sweep_rerun_resumes_and_other_axes_are_refused(tiny_sweep):
     again = run_sweep(base, axes, out, seeds=2, events=EventBus(starts))
     assert starts.fresh == []  # every teacher and student resumed from its finished checkpoint
     assert [r.kd_test_acc_mean for r in again.rows] == [r.kd_test_acc_mean for r in result.rows]
-    with pytest.raises(KdlabError, match="other axes"):
+    with pytest.raises(KdlabError, match="another space"):
         run_sweep(base, [parse_axis("distill.temperature=2")], out, seeds=2)
 
 
@@ -145,7 +145,8 @@ def test_cli_sweep_prints_the_table_and_the_pick(tiny_sweep):
             "--out", str(out), "--quiet"]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "paired gain" in result.output and "* best by KD val accuracy" in result.output
+    assert "paired gain" in result.output and "* picked trial" in result.output
+    assert "pick rule: the best val accuracy" in result.output
     assert "--set distill.temperature=" in result.output
     bad = CliRunner().invoke(main, ["sweep", "--grid", "train.epochs=1,2", "--out", str(out)])
     assert bad.exit_code == 2 and "train.epochs" in bad.output

@@ -260,9 +260,11 @@ def _checkpoint_val(folder: Path) -> tuple[float | None, float | None]:
 
 def _sweep_candidates(folder: Path, sweep, cfg: RunConfig) -> list[Candidate]:
     out: list[Candidate] = []
-    for i in range(len(sweep.rows)):
+    for i, row in enumerate(sweep.rows):
         per_seed: dict[int, tuple[int, Path]] = {}
-        for student in (folder / "trials" / f"{i:03d}" / "students").glob("kd-r*_s*"):
+        # A search names its trial folders by point; sweeps written before that, by row number.
+        trial_dir = folder / (row.folder or f"trials/{i:03d}")
+        for student in (trial_dir / "students").glob("kd-r*_s*"):
             match = re.fullmatch(r"kd-r(\d+)_s(\d+)", student.name)
             if match and (student / "model.safetensors").is_file():
                 r, s = int(match.group(1)), int(match.group(2))

@@ -1,4 +1,4 @@
-"""The jobs a JobManager queues: one protocol, and its two kinds, a run (a store row) and a student sweep (a folder).
+"""The jobs a JobManager queues: one protocol, and its kinds: a run, a sweep (both store rows) and an export.
 
 The manager only queues, starts, cancels and drops jobs through `QueuedJob`; what a kind of job
 records, and where, is the job's own business.
@@ -17,7 +17,7 @@ from core.config import RunConfig
 from core.errors import KdlabError
 from core.lifecycle import STOP_MESSAGES, RunStatus, final_status
 from core.store import expected_trainings, record_run
-from core.sweep_grid import Axis
+from core.search.spec import SearchSpec
 from core.train import CancelToken, Event, EventBus
 
 if TYPE_CHECKING:
@@ -108,21 +108,17 @@ class Job:
 
 @dataclass
 class SweepJob:
-    """One queued or running student sweep of this manager, written into the folder `out` (no store row)."""
+    """One queued or running sweep (a grid or a search) of this manager: a store row with trial runs."""
 
-    sweep_id: str                     # the folder's name
+    sweep_id: str                     # the folder's name, and its row in the store
     base: RunConfig
-    axes: list[Axis]
-    seeds: int | None
+    spec: SearchSpec
     out: Path
     device: str
-    points: int
-    total_trainings: int              # expected: teacher draws + scratch and KD students
     cancel: CancelToken = field(default_factory=CancelToken)
     state: str = "queued"
     status: RunStatus = RunStatus.QUEUED
-    trainings_done: int = 0
-    points_done: int = 0
+    trials_done: int = 0
     stage: str = "waiting for the device"
     error: str | None = None
     submitted: float = field(default_factory=time.time)
@@ -139,55 +135,62 @@ class SweepJob:
 
     @property
     def run_id(self) -> None:
-        return None  # a sweep is a folder, not a store run
+        return None  # its trials are the store's runs; the sweep itself is a sweeps row
+
+    @property
+    def points(self) -> int:
+        return self.spec.trials
 
     @property
     def progress(self) -> float:
-        """Finished trainings over expected ones, in [0, 1]; 1 only once the sweep is done."""
+        """Trials done over the budget, in [0, 1]; 1 only once the sweep is done."""
         if self.status == RunStatus.DONE:
             return 1.0
-        return min(self.trainings_done / max(self.total_trainings, 1), 0.99)
+        return min(self.trials_done / max(self.spec.trials, 1), 0.99)
 
     def snapshot(self) -> dict[str, Any]:
         """A plain-dict view for pages (read without the manager's lock: values only grow)."""
         return {"id": self.sweep_id, "folder": str(self.out), "status": self.status.value,
-                "progress": self.progress, "points": self.points, "points_done": self.points_done,
+                "progress": self.progress, "points": self.points, "points_done": self.trials_done,
                 "stage": self.stage, "error": self.error, "submitted": self.submitted,
-                "axes": {a.field: list(a.values) for a in self.axes}}
+                "search": self.spec.search, "space": [d.text() for d in self.spec.dimensions]}
 
     def on_queued(self, manager: JobManager) -> None:
         manager._sweeps[self.sweep_id] = self  # the manager's index of sweeps (package-private)
+        manager.heartbeat.add(self.sweep_id, RunStatus.QUEUED)
 
     def execute(self, manager: JobManager) -> None:
-        from core.sweep import run_sweep  # heavy imports, only where a job runs
+        from core.search.engine import run_search  # heavy imports, only where a job runs
 
         def follow(event: Event) -> None:
-            if event.kind == "done":
-                self.trainings_done += 1
-            elif event.kind == "stage" and event.message:
+            if event.kind == "stage" and event.message:
                 self.stage = event.message
+                self.trials_done = int((event.metrics or {}).get("done", self.trials_done))
 
-        def on_row(row: Any) -> None:
-            self.points_done += 1
+        def on_trial(outcome: Any) -> None:
+            self.trials_done += 1
 
         self.status = RunStatus.RUNNING
         exc: Exception | None = None
         try:
-            run_sweep(self.base, self.axes, self.out, self.seeds, EventBus(follow), self.cancel, on_row)
-        except Exception as err:  # noqa: BLE001 - shown on the page, and the next job goes on
+            run_search(self.base, self.spec, self.out, store=manager.store, events=EventBus(follow),
+                       cancel=self.cancel, source="dashboard", heartbeat=manager.heartbeat,
+                       shutting_down=lambda: manager.shutting_down, on_trial=on_trial)
+        except Exception as err:  # noqa: BLE001 - stored as the sweep's status; the next job goes on
             exc = err
         self.status, self.error = final_status(exc, shutting_down=manager.shutting_down)
         if self.status == RunStatus.FAILED and not isinstance(exc, KdlabError):
-            # Not a user error, and a sweep has no store row to keep its traceback: the log keeps it.
             log.warning("sweep %s failed", self.sweep_id, exc_info=exc)
         if self.status == RunStatus.DONE:
-            self.stage = f"done: {self.points} point(s)"
+            self.stage = f"done: {self.trials_done} trial(s)"
         elif self.status in STOP_MESSAGES:
             self.stage = STOP_MESSAGES[self.status]
 
     def on_finished(self, manager: JobManager) -> None:
-        """Nothing to release: a sweep holds no heartbeat."""
+        manager.heartbeat.discard(self.sweep_id)
 
     def drop(self, manager: JobManager, status: RunStatus) -> None:
+        manager.heartbeat.discard(self.sweep_id)
         self.status = status
         self.stage = NOT_STARTED[status]
+        manager.store.finish_sweep(self.sweep_id, status, NOT_STARTED[status])

@@ -5,10 +5,10 @@ CUDA job may run side by side, two CUDA jobs on the same GPU wait in turn). Ever
 about a run goes through the run store, so a page reload or an app restart loses nothing; workers
 never touch the UI.
 
-Student sweeps share the same queue and workers, so a sweep waits for the run on its device and the
-other way round. A sweep is a folder (as with `kdlab sweep`), not a store row: its progress is kept
-here while it runs, and its results are in the folder's sweep.json after every point. One stopped by
-an app restart is resumed by submitting it again into its own folder (see `resume_sweep`). Exports
+Sweeps (grids and searches) share the same queue and workers, so a sweep waits for the run on its
+device and the other way round. A sweep is a row of the store (queued at submit) and each trial a
+run row, so pages follow it through the store; one stopped by an app restart is resumed in its own
+folder (see `resume_sweep`), where its finished trials are kept. Exports
 (core.jobs.export_job) queue on the CPU worker the same way.
 """
 
@@ -28,7 +28,8 @@ from core.jobs.export_job import ExportJob
 from core.jobs.job import Job, QueuedJob, SweepJob
 from core.lifecycle import RunStatus, check_resumable
 from core.store import Heartbeat, RunStore, StoreError, new_run_id
-from core.sweep_grid import Axis, check_grid, read_sweep_spec, sweep_trainings
+from core.search.spec import SearchSpec
+from core.sweep_grid import Axis, check_grid, read_sweep_spec
 from core.threads import lower_priority
 from core.train import Event
 
@@ -202,27 +203,51 @@ class JobManager:
 
     def submit_sweep(self, base: RunConfig | dict[str, Any], axes: list[Axis], *, seeds: int | None = None,
                      out: str | Path | None = None) -> str:
-        """Queue a student sweep of `base` over `axes`; returns its id (the folder's name).
+        """Queue a grid sweep of `base` over `axes` (see submit_search); returns its id."""
+        from core.search.space import space_from_axes
+        from core.search.spec import make_spec
 
-        Every grid point is validated first (ConfigError naming the field); `out` defaults to a new
-        `sweep-*` folder in the run store's folder, where `core.sweep.find_sweeps` lists it.
-        """
         cfg = base if isinstance(base, RunConfig) else config_mod.validate(dict(base))
-        points = check_grid(cfg, axes, seeds)
-        folder = Path(out) if out is not None else self.store.data_dir / f"sweep-{new_run_id(cfg.name)}"
+        check_grid(cfg, axes, seeds)
+        return self.submit_search(cfg, make_spec(cfg, search="grid", space=space_from_axes(axes), seeds=seeds),
+                                  out=out)
+
+    def submit_search(self, base: RunConfig | dict[str, Any], spec: SearchSpec, *,
+                      out: str | Path | None = None) -> str:
+        """Queue a search of `base` (a queued row of the store's sweeps); returns its id (the folder's name).
+
+        `out` defaults to a new `sweep-*` folder in the run store's folder; a stopped sweep's own
+        folder continues it.
+        """
+        from core.search.engine import study_name
+        from core.search.study import storage_url
+
+        cfg = base if isinstance(base, RunConfig) else config_mod.validate(dict(base))
+        folder = (Path(out) if out is not None else self.store.data_dir / f"sweep-{new_run_id(cfg.name)}").absolute()
         with self._cv:
             self._check_open()
             if self.sweep_active(folder.name):
                 raise JobError(f"sweep {folder.name}", "is already queued or running here", "wait for it")
             self._check_room()
-            job = SweepJob(folder.name, cfg, list(axes), seeds, folder, device_key(cfg.device), points,
-                           sweep_trainings(cfg, axes, seeds))
+            existing = self.store.find_sweep_by_dir(folder)
+            if existing is None:
+                self.store.create_sweep(folder.name, cfg.to_dict(), spec.model_dump(mode="json"), sweep_dir=folder,
+                                        storage=storage_url(self.store.data_dir),
+                                        study=study_name(folder.name, spec), name=cfg.name, source="dashboard",
+                                        status=RunStatus.QUEUED)
+            else:
+                self.store.requeue_sweep(existing.id)
+            job = SweepJob(folder.name, cfg, spec, folder, device_key(cfg.device))
             self._enqueue(job)
         return job.sweep_id
 
     def resume_sweep(self, folder: str | Path) -> str:
-        """Queue a stopped sweep again in its own folder; its finished students are not trained again."""
-        base, axes, seeds = read_sweep_spec(Path(folder))
+        """Queue a stopped sweep again in its own folder; its finished trials are not trained again."""
+        folder = Path(folder).absolute()
+        record = self.store.find_sweep_by_dir(folder)
+        if record is not None:
+            return self.submit_search(record.config, SearchSpec.model_validate(record.spec), out=folder)
+        base, axes, seeds = read_sweep_spec(folder)  # a folder from before sweeps were store rows
         return self.submit_sweep(base, axes, seeds=seeds, out=folder)
 
     def sweep_active(self, sweep_id: str) -> bool:

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 RESULTS_SCHEMA_VERSION = 2
 STAGES = ("teachers", "ensembles", "students", "diagnostics", "comparison")  # in the order they run
 # What results.json says while and after a run; the store's run status adds queued and interrupted.
-ResultsStatus = Literal["running", "done", "failed", "cancelled", "interrupted"]
+ResultsStatus = Literal["running", "done", "failed", "cancelled", "interrupted", "pruned"]
 
 
 class ResultsError(KdlabError):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -45,6 +45,13 @@ class SweepRow(BaseModel):
     gain_recovery_per_seed_std: float | None
     seeds: int
     kd_train_seconds: float                     # mean over seeds
+    # Searches (absent in sweeps written before searches were store rows):
+    trial: int | None = None                    # Optuna trial number
+    run_id: str | None = None                   # the trial's run in the store
+    folder: str | None = None                   # the trial's folder, relative to the sweep folder
+    kd_val_acc_std: float | None = None         # spread of the val accuracy over seeds
+    latency_ms: float | None = None             # the student's batch-1 forward (median)
+    student_params: int | None = None
 
     def value(self, field: str) -> Any:
         """The point's value of a swept config field."""
@@ -54,13 +61,40 @@ class SweepRow(BaseModel):
         return self.model_dump(mode="json")
 
 
+TrialState = Literal["finished", "pruned", "failed", "running", "waiting", "cancelled", "interrupted"]
+
+
+class TrialSummary(Entry):
+    """One trial of a search, whatever became of it (a pruned trial has no row, only this)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    number: int                                 # Optuna trial number
+    state: TrialState
+    run_id: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)   # field -> value
+    values: dict[str, float] | None = None      # objective -> value, for finished trials
+    val_acc_std: float | None = None            # spread of the val accuracy over seeds
+    epochs: int = 0                             # student epochs trained (all seeds, KD and scratch)
+    last_step: int | None = None                # the last epoch reported to the pruner
+    pareto: bool = False                        # non-dominated among finished trials (multi-objective)
+
+
 class SweepFile(Entry):
-    """sweep.json: the axes (field names), the rows in grid order, the val-best row, the warnings."""
+    """sweep.json: the axes (field names), the rows of finished points, the picked row, the warnings.
+
+    A search adds its spec, every trial (pruned and failed ones too), its pick rule and the Pareto set.
+    """
 
     axes: list[str]
     best: int | None
     rows: list[SweepRow]
     warnings: list[str] = Field(default_factory=list)
+    search: dict[str, Any] | None = None        # core.search.SearchSpec as JSON
+    trials: list[TrialSummary] = Field(default_factory=list)
+    pick_rule: str | None = None
+    best_trial: int | None = None               # number of the picked trial
+    sweep_id: str | None = None                 # its row in the run store
 
     @model_validator(mode="after")
     def _check(self) -> "SweepFile":

@@ -7,7 +7,7 @@ their folders.
 """
 
 from core.lifecycle import NotResumable, RunStatus, check_resumable, final_status
-from core.store.db import RunRecord, RunStore, recover_store, store_damaged, store_problem
+from core.store.db import RunRecord, RunStore, SweepRecord, recover_store, store_damaged, store_problem
 from core.store.frames import MAX_POINTS, downsample, downsample_indices
 from core.store.recorder import Heartbeat, StoreRecorder, expected_trainings, record_run
 from core.store.reindex import Reindexed, ReindexReport
@@ -22,6 +22,6 @@ RESUMABLE = RunStatus.RESUMABLE
 
 __all__ = ["ACTIVE", "DB_NAME", "DEFAULT_DIR", "ENV_VAR", "FINISHED", "MAX_POINTS", "RESUMABLE",
            "RUN_STATUSES", "SCHEMA_VERSION", "SOURCES", "Heartbeat", "NotResumable", "NothingToRecover",
-           "ReindexReport", "Reindexed", "RunNotFound", "RunRecord", "RunStatus", "RunStore", "StoreDamaged",
+           "ReindexReport", "Reindexed", "RunNotFound", "RunRecord", "RunStatus", "RunStore", "SweepRecord", "StoreDamaged",
            "StoreError", "StoreRecorder", "check_resumable", "default_data_dir", "downsample", "downsample_indices",
            "expected_trainings", "final_status", "new_run_id", "record_run", "recover_store", "store_damaged", "store_problem"]

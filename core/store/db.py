@@ -2,7 +2,8 @@
 
 A data directory (default `./kdlab-runs`, or `$KDLAB_RUNS`) holds:
 
-  kdlab.db     runs, their events and the schema version
+  kdlab.db     runs, their events, sweeps and the schema version
+  optuna.db    the sweeps' Optuna studies (Optuna's own RDB storage)
   <run_id>/    the run's output folder (config.yaml, events.jsonl, results.json, checkpoints)
 
 It is written by background worker threads and read by many dashboard sessions at once. `RunStore`
@@ -13,6 +14,7 @@ is the one public class; its parts live by job:
   core.store.connections  per-thread connections, reopened when the file is moved, deleted or replaced
   core.store.runs         the run lifecycle: create, start, requeue, status, events, finish, beat, reap, delete
   core.store.queries      reading: get_run, list_runs, events, epoch_metrics, step_metrics
+  core.store.sweeps       sweeps (searches): their rows, owners and picks; their trials are runs
   core.store.recovery     moving a damaged file aside
   core.store.reindex      store rows rebuilt from the run folders
   core.store.listing      runs and reindex reports as terminal tables
@@ -35,13 +37,14 @@ from core.store import recovery
 from core.store.connections import swapping
 from core.store.queries import RunQueries, RunRecord
 from core.store.runs import RunLifecycle
+from core.store.sweeps import SweepRecord, SweepRows
 from core.store.schema import (DB_NAME, NothingToRecover, StoreDamaged, StoreError, default_data_dir,
                                new_store_notice)
 
 if TYPE_CHECKING:
     from core.store.reindex import ReindexReport
 
-__all__ = ["RunRecord", "RunStore", "StoreError", "recover_store", "store_damaged", "store_problem"]
+__all__ = ["RunRecord", "RunStore", "SweepRecord", "StoreError", "recover_store", "store_damaged", "store_problem"]
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +53,7 @@ def _folder(data_dir: str | Path | None) -> Path:
     return Path(data_dir if data_dir is not None else default_data_dir()).expanduser().absolute()
 
 
-class RunStore(RunLifecycle, RunQueries):
+class RunStore(RunLifecycle, RunQueries, SweepRows):
     """Runs, their events and artifact paths in `<data_dir>/kdlab.db`; safe from many threads."""
 
     def __init__(self, data_dir: str | Path | None = None, *, stale_after: float = 60.0,

@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 
 _RUN_COLUMNS = ("id", "name", "created", "updated", "status", "progress", "eta", "error", "config",
                 "results", "summary", "run_dir", "artifacts", "source", "pid", "host", "heartbeat",
-                "started", "finished", "attempts")
+                "started", "finished", "attempts", "sweep_id", "trial")
 _LIST_COLUMNS = ("id", "name", "status", "progress", "eta", "created", "updated", "started", "finished",
-                 "source", "error", "run_dir", "attempts", "summary")
+                 "source", "error", "run_dir", "attempts", "sweep_id", "trial", "summary")
 
 
 @dataclass
@@ -51,6 +51,8 @@ class RunRecord:
     started: float | None = None
     finished: float | None = None
     attempts: int = 0
+    sweep_id: str | None = None      # the sweep this run is a trial of, if any
+    trial: int | None = None         # its trial number there (the latest attempt's)
 
     @property
     def dir_exists(self) -> bool:
@@ -160,7 +162,7 @@ class RunQueries(Database):
             summary=self._decode(run_id, "summary", d["summary"], {}) or {}, run_dir=Path(d["run_dir"]),
             artifacts=self._decode(run_id, "artifacts", d["artifacts"], {}) or {}, source=d["source"],
             pid=d["pid"], host=d["host"], heartbeat=d["heartbeat"], started=d["started"],
-            finished=d["finished"], attempts=d["attempts"])
+            finished=d["finished"], attempts=d["attempts"], sweep_id=d["sweep_id"], trial=d["trial"])
 
     def get_run(self, run_id: str, *, require_dir: bool = False) -> RunRecord:
         """One run; RunNotFound for an unknown id, StoreError for damaged JSON or (require_dir) a missing folder."""
@@ -186,8 +188,11 @@ class RunQueries(Database):
         return [r[0] for r in self._read("SELECT id FROM runs ORDER BY created DESC, id DESC")]
 
     def list_runs(self, status: str | Iterable[str] | None = None, *, source: str | None = None,
-                  limit: int | None = None) -> pd.DataFrame:
-        """Runs newest first, one row each, with the headline numbers of their results."""
+                  limit: int | None = None, sweep_id: str | None = None) -> pd.DataFrame:
+        """Runs newest first, one row each, with the headline numbers of their results.
+
+        sweep_id: only that sweep's trials, in trial order.
+        """
         import pandas as pd
 
         self._maybe_reap()
@@ -200,9 +205,12 @@ class RunQueries(Database):
         if source is not None:
             where.append("source = ?")
             params.append(source)
+        if sweep_id is not None:
+            where.append("sweep_id = ?")
+            params.append(sweep_id)
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created DESC, id DESC"
+        sql += " ORDER BY trial, created" if sweep_id is not None else " ORDER BY created DESC, id DESC"
         if limit is not None:
             sql += " LIMIT ?"
             params.append(int(limit))

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 INSERT_EVENT = ("INSERT INTO events (run_id, seq, time, kind, source, step, epoch, metrics, message) "
                 "SELECT ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ?, ?, ?, ?, ? FROM events WHERE run_id = ?")
 _ACTIVE_SQL = ", ".join(f"'{s.value}'" for s in RunStatus.ACTIVE)
+OWNED_TABLES = ("runs", "sweeps")  # rows a live process owns (pid, host, heartbeat)
 
 Results = Mapping[str, Any] | RunResults
 
@@ -101,8 +102,12 @@ class RunLifecycle(Database):
 
     def create_run(self, config: Any, *, name: str | None = None, source: str = "dashboard",
                    status: str = RunStatus.QUEUED, run_id: str | None = None,
-                   run_dir: str | Path | None = None) -> str:
-        """Record a new run (queued, or running when started right away) owned by this process."""
+                   run_dir: str | Path | None = None, sweep_id: str | None = None,
+                   trial: int | None = None) -> str:
+        """Record a new run (queued, or running when started right away) owned by this process.
+
+        sweep_id, trial: the run is trial `trial` of that sweep (a row of the sweeps table).
+        """
         cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
         if source not in SOURCES:
             raise StoreError("source", f"unknown run source '{source}'", f"use one of {', '.join(SOURCES)}")
@@ -116,11 +121,14 @@ class RunLifecycle(Database):
         with self._tx() as conn:
             if conn.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone():
                 raise StoreError("run", f"a run with id '{run_id}' already exists", "pick another id")
+            if sweep_id is not None and not conn.execute("SELECT 1 FROM sweeps WHERE id = ?", (sweep_id,)).fetchone():
+                raise StoreError("sweep", f"no sweep '{sweep_id}' in the store", "create the sweep first")
             conn.execute(
                 "INSERT INTO runs (id, name, created, updated, status, progress, config, run_dir, source, "
-                "pid, host, heartbeat, started, attempts) VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "pid, host, heartbeat, started, attempts, sweep_id, trial) "
+                "VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (run_id, name, now, now, RunStatus(status).value, dumps(cfg), str(folder), source, os.getpid(),
-                 self.host, now, now if running else None, 1 if running else 0))
+                 self.host, now, now if running else None, 1 if running else 0, sweep_id, trial))
         return run_id
 
     def _update(self, run_id: str, sql: str, params: tuple[Any, ...]) -> None:
@@ -216,7 +224,7 @@ class RunLifecycle(Database):
         return int(last or 0)
 
     def beat(self, runs: Mapping[str, str]) -> None:
-        """Heartbeat for runs this process owns ({run_id: status it believes}).
+        """Heartbeat for runs and sweeps this process owns ({id: status it believes}).
 
         A run another process wrongly marked interrupted (this one was suspended longer than
         `stale_after`) gets its status back, as long as it still belongs to this process.
@@ -224,11 +232,12 @@ class RunLifecycle(Database):
         if not runs:
             return
         now, pid = time.time(), os.getpid()
+        rows = [(now, RunStatus(status).value, run_id, pid, self.host) for run_id, status in runs.items()]
         with self._tx() as conn:
-            conn.executemany(
-                "UPDATE runs SET heartbeat = ?, status = CASE status WHEN 'interrupted' THEN ? ELSE status END "
-                f"WHERE id = ? AND pid = ? AND host = ? AND status IN ({_ACTIVE_SQL}, 'interrupted')",
-                [(now, RunStatus(status).value, run_id, pid, self.host) for run_id, status in runs.items()])
+            for table in OWNED_TABLES:  # ids are unique across both: a sweep's id is its folder's name
+                conn.executemany(
+                    f"UPDATE {table} SET heartbeat = ?, status = CASE status WHEN 'interrupted' THEN ? ELSE status "
+                    f"END WHERE id = ? AND pid = ? AND host = ? AND status IN ({_ACTIVE_SQL}, 'interrupted')", rows)
 
     def delete_run(self, run_id: str, remove_files: bool = False) -> None:
         """Forget a run (and its events); with remove_files, delete its folder if it lies in the data dir."""
@@ -256,14 +265,14 @@ class RunLifecycle(Database):
         return True  # another machine: trust a recent heartbeat
 
     def reap(self, now: float | None = None) -> list[str]:
-        """Mark queued/running runs whose owning process is gone as interrupted; returns their ids."""
+        """Mark queued/running runs and sweeps whose owning process is gone as interrupted; returns their ids."""
         now = time.time() if now is None else now
         self._last_reap = now
+        reaped = self._reap_sweeps(now)
         rows = self._read(f"SELECT id, pid, host, heartbeat, status FROM runs WHERE status IN ({_ACTIVE_SQL})")
         dead = [r for r in rows if not self._owner_alive(r[1], r[2], r[3], now)]
         if not dead:
-            return []
-        reaped = []
+            return reaped
         with self._tx() as conn:
             for run_id, pid, host, heartbeat, status in dead:
                 # Re-check in the transaction: the owner may have beaten since the read.
@@ -278,6 +287,21 @@ class RunLifecycle(Database):
                                                 f"(last heartbeat {age}); resume to continue", run_id))
         if reaped:
             log.info("marked %d run(s) interrupted (their owner is gone): %s", len(reaped), ", ".join(reaped))
+        return reaped
+
+    def _reap_sweeps(self, now: float) -> list[str]:
+        rows = self._read(f"SELECT id, pid, host, heartbeat, status FROM sweeps WHERE status IN ({_ACTIVE_SQL})")
+        dead = [r for r in rows if not self._owner_alive(r[1], r[2], r[3], now)]
+        reaped = []
+        if dead:
+            with self._tx() as conn:
+                for sweep_id, pid, _, heartbeat, status in dead:
+                    cur = conn.execute("UPDATE sweeps SET status = 'interrupted', finished = ?, updated = ? "
+                                       "WHERE id = ? AND status = ? AND pid IS ? AND heartbeat IS ?",
+                                       (now, now, sweep_id, status, pid, heartbeat))
+                    reaped += [sweep_id] * cur.rowcount
+        if reaped:
+            log.info("marked %d sweep(s) interrupted (their owner is gone): %s", len(reaped), ", ".join(reaped))
         return reaped
 
     def _maybe_reap(self, every: float = 5.0) -> None:

@@ -29,7 +29,7 @@ from core.store.errors import (DB_NAME, NothingToRecover, RunNotFound, StoreDama
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_DIR = "kdlab-runs"
 ENV_VAR = "KDLAB_RUNS"
 SOURCES = ("cli", "dashboard")
@@ -37,10 +37,10 @@ SOURCES = ("cli", "dashboard")
 _STATUS_SQL = ", ".join(f"'{s.value}'" for s in RunStatus)
 _SOURCE_SQL = ", ".join(f"'{s}'" for s in SOURCES)
 
-# The layout of the current SCHEMA_VERSION, written into a new database.
-SCHEMA = [
-    "CREATE TABLE schema_version (version INTEGER NOT NULL)",
-    f"""CREATE TABLE runs (
+
+def _runs_table(name: str) -> str:
+    """The runs table of the current layout (under another name while a migration rebuilds it)."""
+    return f"""CREATE TABLE {name} (
         id        TEXT PRIMARY KEY,
         name      TEXT NOT NULL,
         created   REAL NOT NULL,               -- unix seconds
@@ -60,11 +60,13 @@ SCHEMA = [
         heartbeat REAL,                        -- owner's last sign of life, unix seconds
         started   REAL,                        -- start of the latest attempt
         finished  REAL,                        -- end of the latest attempt
-        attempts  INTEGER NOT NULL DEFAULT 0
-    )""",
-    "CREATE INDEX runs_by_created ON runs (created)",
-    "CREATE INDEX runs_by_status ON runs (status)",
-    """CREATE TABLE events (
+        attempts  INTEGER NOT NULL DEFAULT 0,
+        sweep_id  TEXT,                        -- the sweep this run is a trial of; NULL for a plain run
+        trial     INTEGER                      -- its trial number in that sweep's study (latest attempt)
+    )"""
+
+
+EVENTS_TABLE = """CREATE TABLE events (
         run_id  TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
         seq     INTEGER NOT NULL,              -- 1, 2, ... per run; continued when a run is resumed
         time    REAL NOT NULL,
@@ -75,14 +77,70 @@ SCHEMA = [
         metrics TEXT,                          -- JSON {split/metric: value}
         message TEXT,
         PRIMARY KEY (run_id, seq)
-    ) WITHOUT ROWID""",
-]
+    ) WITHOUT ROWID"""
+
+SWEEPS_TABLE = f"""CREATE TABLE sweeps (
+        id        TEXT PRIMARY KEY,            -- also the name of its folder
+        name      TEXT NOT NULL,
+        created   REAL NOT NULL,
+        updated   REAL NOT NULL,
+        status    TEXT NOT NULL CHECK (status IN ({_STATUS_SQL})),
+        progress  REAL NOT NULL DEFAULT 0 CHECK (progress >= 0 AND progress <= 1),
+        error     TEXT,
+        config    TEXT NOT NULL,               -- the base RunConfig as JSON
+        spec      TEXT NOT NULL,               -- the search as JSON (core.search.SearchSpec)
+        sweep_dir TEXT NOT NULL,               -- absolute path: teachers, cache, trials/, sweep.json
+        storage   TEXT NOT NULL,               -- Optuna RDB storage URL of its study
+        study     TEXT NOT NULL,               -- Optuna study name
+        best      TEXT,                        -- run id of the trial the pick rule chose
+        summary   TEXT,                        -- small JSON: trials by state, best value, stage
+        source    TEXT NOT NULL CHECK (source IN ({_SOURCE_SQL})),
+        pid       INTEGER,
+        host      TEXT,
+        heartbeat REAL,
+        started   REAL,
+        finished  REAL,
+        attempts  INTEGER NOT NULL DEFAULT 0
+    )"""
+
+_INDEXES = ["CREATE INDEX runs_by_created ON runs (created)",
+            "CREATE INDEX runs_by_status ON runs (status)",
+            "CREATE INDEX runs_by_sweep ON runs (sweep_id, trial)"]
+
+# The layout of the current SCHEMA_VERSION, written into a new database.
+SCHEMA = ["CREATE TABLE schema_version (version INTEGER NOT NULL)", _runs_table("runs"), *_INDEXES, EVENTS_TABLE,
+          SWEEPS_TABLE]
 
 Migration = Callable[[sqlite3.Connection], None]
 
+
+def _v1_to_v2(conn: sqlite3.Connection) -> None:
+    """Sweeps and their trials: a sweeps table, runs.sweep_id/trial, and the status 'pruned'.
+
+    SQLite cannot alter a CHECK, so runs is rebuilt. Foreign keys stay on inside a transaction, and
+    dropping runs would cascade into its events: the events are copied aside first (a plain table),
+    runs is rebuilt with no child left, and the events come back into a fresh events table.
+    """
+    conn.execute("CREATE TEMP TABLE events_copy AS SELECT * FROM events")
+    conn.execute("DROP TABLE events")
+    conn.execute(_runs_table("runs_v2"))
+    conn.execute("INSERT INTO runs_v2 (id, name, created, updated, status, progress, eta, error, config, results, "
+                 "summary, run_dir, artifacts, source, pid, host, heartbeat, started, finished, attempts) "
+                 "SELECT id, name, created, updated, status, progress, eta, error, config, results, summary, "
+                 "run_dir, artifacts, source, pid, host, heartbeat, started, finished, attempts FROM runs")
+    conn.execute("DROP TABLE runs")
+    conn.execute("ALTER TABLE runs_v2 RENAME TO runs")
+    for statement in _INDEXES:
+        conn.execute(statement)
+    conn.execute(EVENTS_TABLE)
+    conn.execute("INSERT INTO events SELECT * FROM temp.events_copy")
+    conn.execute("DROP TABLE temp.events_copy")
+    conn.execute(SWEEPS_TABLE)
+
+
 # version -> function upgrading a database from that version to the next, run inside the opening
-# transaction (so a failing one leaves the file as it was). Version 1 is the first layout: none yet.
-MIGRATIONS: dict[int, Migration] = {}
+# transaction (so a failing one leaves the file as it was).
+MIGRATIONS: dict[int, Migration] = {1: _v1_to_v2}
 
 
 def default_data_dir() -> Path:
@@ -353,6 +411,7 @@ class Database:
         """
         self._read("SELECT COUNT(*) FROM runs")
         self._read("SELECT 1 FROM events LIMIT 1")
+        self._read("SELECT 1 FROM sweeps LIMIT 1")
         self.schema_version()
         if thorough:
             problems = [r[0] for r in self._read("PRAGMA quick_check") if r[0] != "ok"]

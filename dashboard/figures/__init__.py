@@ -20,12 +20,15 @@ from dashboard.figures.samples import model_cost_bars, sample_grid
 from dashboard.figures.teaching import (averaging_demo, centroid_demo, centroids, deployment_cost,
                                         kd_gradient_scale, kd_loss_parts, softmax, softmax_temperature)
 from dashboard.figures.pareto import COSTS, pareto_front, tradeoff
+from dashboard.figures.search import (STATE_COLOURS, search_history, search_importance, search_parallel,
+                                      search_pareto, search_scatter)
 from dashboard.figures.sweep import sweep_chart
 
-__all__ = ["ABSENT", "COSTS", "KIND_COLOURS", "MAX_POINTS", "averaging_demo", "bins_ece", "bvd_bars",
-           "centroid_demo", "centroids", "config_diff", "deployment_cost", "disagreement_gallery",
+__all__ = ["ABSENT", "COSTS", "KIND_COLOURS", "MAX_POINTS", "STATE_COLOURS", "averaging_demo", "bins_ece",
+           "bvd_bars", "centroid_demo", "centroids", "config_diff", "deployment_cost", "disagreement_gallery",
            "disagreement_heatmap", "diversity_growth", "empty_figure",
            "error_correlation_heatmap", "flatten", "is_empty", "kd_gradient_scale", "kd_loss_parts",
-           "model_cost_bars", "pareto_front", "reliability_diagram", "sample_grid", "softmax",
+           "model_cost_bars", "pareto_front", "reliability_diagram", "sample_grid", "search_history",
+           "search_importance", "search_parallel", "search_pareto", "search_scatter", "softmax",
            "softmax_temperature", "source_kind", "student_variance", "sweep_chart", "tradeoff",
            "training_curves", "training_curves_side_by_side", "weights_histogram"]

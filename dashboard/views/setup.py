@@ -13,7 +13,7 @@ from core.distill import kd_loss_doc
 from core.ensemble import combiner_doc
 from core.errors import KdlabError
 from core.models import list_models, pretrained_status
-from dashboard import fields, figures, sweeps
+from dashboard import fields, figures
 from dashboard.access import may_operate
 from dashboard.state import data_preview, job_manager, student_card, teacher_cards
 from dashboard.tables import show_table
@@ -191,4 +191,6 @@ with right:
         if cfg is not None:
             st.code(cfg.to_yaml(), language="yaml")
 
-sweeps.launcher(cfg)  # full width: axis names and values need the room
+from dashboard import search_launch  # noqa: E402 - beside its one use: grids and Optuna searches
+
+search_launch.launcher(cfg)  # full width: field names, values and ranges need the room

@@ -1,0 +1,291 @@
+"""Run a search: teachers once, then trials asked of an Optuna study until the budget is spent.
+
+    sweep row (store) ── study (optuna.db) ── trials: run rows (store) + trials/<point>/ folders
+
+The sweep folder holds the teachers, their logit cache, the shared scratch students and one folder
+per trial point, plus sweep.json / sweep.csv (rewritten after every trial). A search run again into
+the same folder (or resumed from the store) continues its study: finished trials are not trained
+again, and a trial that a kill or a cancel stopped is retried once with the same values, continuing
+from its students' checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from core.atomic import write_json
+from core.cache import CacheStats
+from core.config import RunConfig
+from core.errors import ModelError
+from core.lifecycle import RunStatus, final_status
+from core.pipeline import JsonlWriter
+from core.prepare import prepare
+from core.results.sweep import SweepRow, TrialSummary
+from core.runlog import log_event, run_log
+from core.search.rows import SweepResult, pick_row, write_sweep_files
+from core.search.spec import SearchSpec
+from core.search.study import distributions, open_study, storage_url, trial_state_name
+from core.search.trial import SweepContext, TrialOutcome, run_trial
+from core.stages import ensemble_stage, teacher_costs, teacher_stage
+from core.store import Heartbeat, RunStore, StoreError, new_run_id
+from core.sweep_grid import point_config
+from core.train import CancelToken, Event, EventBus
+
+log = logging.getLogger(__name__)
+
+# Optuna user attributes of a trial (kdlab's bookkeeping in the study).
+RUN_ATTR, ROW_ATTR, EPOCHS_ATTR = "run_id", "row", "epochs"
+
+
+def study_name(sweep_id: str, spec: SearchSpec) -> str:
+    """The study's name: --study, else the sweep's id (plus the seed count: more seeds are a new study)."""
+    if spec.study:
+        return spec.study
+    return sweep_id if spec.seeds is None else f"{sweep_id}-seeds{spec.seeds}"
+
+
+def check_points(base: RunConfig, spec: SearchSpec, data) -> None:
+    """Every choice and both ends of every range, as configs the engine can build (before anything trains)."""
+    from core.sweep import check_point
+
+    for dim in spec.dimensions:
+        values = dim.choices if dim.choices is not None else (dim.low, dim.high)
+        for value in values:
+            check_point(point_config(base, {dim.field: value}, spec.seeds), data)
+
+
+def _owned_sweep(store: RunStore, out: Path) -> tuple[str, bool]:
+    """The sweep row of folder `out`: (id, found). Refuses a folder another live process is running."""
+    existing = store.find_sweep_by_dir(out)
+    if existing is None:
+        return "", False
+    queued_here = existing.status == RunStatus.QUEUED and existing.pid == os.getpid() and existing.host == store.host
+    if existing.status in RunStatus.ACTIVE and not queued_here:
+        raise StoreError(f"sweep {existing.id}", f"is {existing.status} (process {existing.pid} on {existing.host})",
+                         "wait for it, or cancel it first")
+    return existing.id, True
+
+
+def run_search(base: RunConfig, spec: SearchSpec, out: Path, *, store: RunStore, events: EventBus | None = None,
+               cancel: CancelToken | None = None, source: str = "cli", heartbeat: Heartbeat | None = None,
+               shutting_down: Callable[[], bool] = lambda: False,
+               on_trial: Callable[[TrialOutcome], None] | None = None) -> SweepResult:
+    """Search `spec` over `base` into the folder `out`, recorded in `store`; returns the rows and the pick."""
+    out = Path(out).expanduser().absolute()
+    events = events or EventBus()
+    cancel = cancel or CancelToken()
+    prep = prepare(base, out)  # refuses a folder holding another config; nothing is written yet
+    check_points(base, spec, prep.data)
+    sweep_id, resumed = _owned_sweep(store, out)
+    if not sweep_id:
+        taken = {s.id for s in store.sweeps()}
+        sweep_id = out.name if out.name not in taken else new_run_id(out.name)
+    storage = storage_url(store.data_dir)
+    name = study_name(sweep_id, spec)
+    study = open_study(spec, storage, name)  # refuses a study of that name about another space
+    if resumed:
+        store.start_sweep(sweep_id, spec.model_dump(mode="json"), study=name)
+    else:
+        store.create_sweep(sweep_id, base.to_dict(), spec.model_dump(mode="json"), sweep_dir=out, storage=storage,
+                           study=name, name=base.name, source=source)
+    beats = heartbeat if heartbeat is not None else Heartbeat(store)
+    beats.add(sweep_id, RunStatus.RUNNING)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(base.to_yaml())
+    write_json(spec.model_dump(mode="json"), out / "search.json", indent=2)
+    writer = JsonlWriter(out / "events.jsonl")
+    events.subscribe(writer)
+    events.subscribe(log_event)
+    exc: BaseException | None = None
+    try:
+        with run_log(out):
+            ctx = _context(prep, spec, out, sweep_id, store, beats, source, events, cancel, shutting_down)
+            return _search(ctx, study, on_trial)
+    except BaseException as err:
+        exc = err
+        raise
+    finally:
+        writer.close()
+        status, error = final_status(exc, shutting_down=shutting_down() or cancel.shutdown)
+        if heartbeat is None:
+            beats.stop()
+        else:
+            beats.discard(sweep_id)
+        try:
+            store.finish_sweep(sweep_id, status, error)
+        except StoreError as err:  # the trials are recorded; the sweep row reads as interrupted once reaped
+            log.warning("sweep %s: its final status %s was not stored: %s", sweep_id, status, err)
+
+
+def _context(prep, spec, out, sweep_id, store, beats, source, events, cancel, shutting_down) -> SweepContext:
+    stats = CacheStats()
+    warnings: list[str] = list(prep.warnings)
+
+    def warn(message: str) -> None:
+        warnings.append(message)
+        events.emit(Event("info", "sweep", message=f"warning: {message}"))
+
+    events.emit(Event("stage", "teachers", message=f"training {prep.trainings} teacher draw(s)"))
+    trained = teacher_stage(prep, out, events, cancel, stats, warn)
+    if not trained.entries:
+        raise ModelError("teachers", "every teacher draw diverged (non-finite loss or logits)",
+                         "lower train.lr, or check the teachers' weights files")
+    ensembles, combined = ensemble_stage(prep, trained.stack(), events)
+    events.emit(Event("stage", "teachers", message="measuring the teachers' cost"))
+    return SweepContext(prep=prep, spec=spec, out=out, sweep_id=sweep_id, sweep_name=prep.cfg.name, store=store,
+                        heartbeat=beats, source=source, trained=trained, ensembles=ensembles, combined=combined,
+                        costs=teacher_costs(prep, trained), stats=stats, events=events, cancel=cancel,
+                        shutting_down=shutting_down, warnings=warnings)
+
+
+def tell(study: optuna.Study, trial: optuna.Trial | int, **kwargs) -> None:
+    """study.tell, where GridSampler's end of grid does not break the ask-and-tell loop.
+
+    After the last grid point GridSampler calls `study.stop()`, which raises RuntimeError outside
+    `study.optimize` (optuna issue #5141, open). The trial's state is written before that (a
+    `finally` in Optuna's tell), and this loop stops by its own budget, so the error is dropped.
+    """
+    try:
+        study.tell(trial, **kwargs)
+    except RuntimeError as err:
+        if not (isinstance(study.sampler, optuna.samplers.GridSampler) and "Study.stop" in str(err)):
+            raise
+        log.debug("GridSampler reached the end of its grid (%s); the trial is stored", err)
+
+
+def trial_statuses(ctx: SweepContext) -> dict[str, RunStatus]:
+    """The store's status of each of this sweep's trial runs (the record of what trained)."""
+    return {r.id: r.status for r in ctx.store.trials(ctx.sweep_id)}
+
+
+STOPPED = (RunStatus.CANCELLED, RunStatus.INTERRUPTED, RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+def stopped(trial: optuna.trial.FrozenTrial, statuses: dict[str, RunStatus]) -> bool:
+    """A FAIL that a kill or a cancel caused (its run row was stopped, or never made): retried, not counted.
+
+    Any other end of its run row (failed, done, pruned) spends the budget, so the loop always ends.
+    """
+    if trial.state != TrialState.FAIL:
+        return False
+    status = statuses.get(trial.user_attrs.get(RUN_ATTR, ""))
+    return status is None or status in STOPPED
+
+
+def spent(study: optuna.Study, statuses: dict[str, RunStatus]) -> int:
+    """Trials that spent the budget: finished, pruned, or failed on their own (a retried one counts once, as its retry)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) or
+               (t.state == TrialState.FAIL and not stopped(t, statuses) and t.number not in retried) for t in trials)
+
+
+def retry_stopped(ctx: SweepContext, study: optuna.Study) -> int:
+    """Queue once more, with the same values, every trial of this study a kill or a cancel stopped.
+
+    A trial still RUNNING in the study belongs to a process that is gone (this sweep row was not
+    active, or it would not have been resumed): it is failed first. Its run row is kept and
+    continues from its students' checkpoints.
+    """
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        tell(study, t.number, state=TrialState.FAIL, skip_if_finished=True)
+    statuses = trial_statuses(ctx)
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    queued = 0
+    for t in trials:
+        if stopped(t, statuses) and t.number not in retried and RUN_ATTR in t.user_attrs:
+            study.enqueue_trial(dict(t.params), user_attrs={RUN_ATTR: t.user_attrs[RUN_ATTR], "retry_of": t.number})
+            queued += 1
+    return queued
+
+
+def _search(ctx: SweepContext, study: optuna.Study, on_trial: Callable[[TrialOutcome], None] | None) -> SweepResult:
+    spec = ctx.spec
+    retried = retry_stopped(ctx, study)
+    if retried:
+        ctx.events.emit(Event("info", "sweep", message=f"retrying {retried} stopped trial(s) where they stopped"))
+    result = _result(ctx, study)
+    _publish(ctx, study, result)
+    dists = distributions(spec)
+    while (done := spent(study, trial_statuses(ctx))) < spec.trials:
+        ctx.cancel.check()
+        trial = study.ask(dists)
+        ctx.events.emit(Event("stage", "sweep", message=f"trial {done + 1}/{spec.trials}",
+                              metrics={"trial": trial.number, "done": done, "trials": spec.trials}))
+        point = {d.field: trial.params[d.field] for d in spec.dimensions}
+        try:
+            outcome = run_trial(ctx, trial, point, trial.user_attrs.get(RUN_ATTR))
+        except BaseException:  # cancelled, interrupted, Ctrl-C: the trial is retried on resume
+            tell(study, trial, state=TrialState.FAIL, skip_if_finished=True)
+            raise
+        trial.set_user_attr(EPOCHS_ATTR, outcome.epochs)
+        if outcome.status == RunStatus.DONE:
+            trial.set_user_attr(ROW_ATTR, outcome.row.to_json())
+            trial.set_user_attr("val_acc_std", outcome.val_acc_std)
+            tell(study, trial, values=outcome.values)
+        elif outcome.status == RunStatus.PRUNED:
+            tell(study, trial, state=TrialState.PRUNED)
+        else:
+            tell(study, trial, state=TrialState.FAIL)
+        result = _result(ctx, study)
+        _publish(ctx, study, result)
+        if on_trial is not None:
+            on_trial(outcome)
+    ctx.events.emit(Event("stage", "sweep", message=f"done: {len(result.rows)} finished trial(s), "
+                          f"picked trial {result.best_trial}"))
+    return result
+
+
+def _result(ctx: SweepContext, study: optuna.Study) -> SweepResult:
+    """The sweep's rows and trial summaries, rebuilt from the study (so a resumed sweep reports every trial)."""
+    spec = ctx.spec
+    trials = study.get_trials(deepcopy=False)
+    statuses = trial_statuses(ctx)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    pareto: set[int] = set()
+    if spec.multi_objective and any(t.state == TrialState.COMPLETE for t in trials):
+        pareto = {t.number for t in study.best_trials}
+    rows: list[SweepRow] = []
+    summaries: list[TrialSummary] = []
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.state == TrialState.COMPLETE and ROW_ATTR in t.user_attrs:
+            row = SweepRow.model_validate(t.user_attrs[ROW_ATTR])
+            rows.append(row.model_copy(update={"trial": t.number, "run_id": t.user_attrs.get(RUN_ATTR)}))
+        state = trial_state_name(t.state)
+        if t.state == TrialState.FAIL and (stopped(t, statuses) or t.number in retried):
+            state = "cancelled" if statuses.get(t.user_attrs.get(RUN_ATTR, "")) == RunStatus.CANCELLED \
+                else "interrupted"  # stopped, and retried (or to be) with the same values
+        steps = t.intermediate_values
+        summaries.append(TrialSummary(
+            number=t.number, state=state, run_id=t.user_attrs.get(RUN_ATTR), params=dict(t.params),
+            values=dict(zip(spec.objectives, t.values)) if t.state == TrialState.COMPLETE and t.values else None,
+            val_acc_std=t.user_attrs.get("val_acc_std"), epochs=int(t.user_attrs.get(EPOCHS_ATTR, 0)),
+            last_step=max(steps) if steps else None, pareto=t.number in pareto))
+    target_accs = {e.scheme: e.test_acc for e in ctx.ensembles if e.fitted}
+    names = [d.field for d in spec.dimensions]
+    if spec.search == "grid":  # a grid reads in grid order (the first field slowest), as it always has
+        rows.sort(key=lambda r: tuple(d.choices.index(r.value(d.field)) for d in spec.dimensions))
+    best = pick_row(rows, spec)
+    return SweepResult(names, rows, best, ctx.trained.entries, target_accs, ctx.warnings, trials=summaries,
+                       pick_rule=spec.pick_rule(), sweep_id=ctx.sweep_id, study=study.study_name)
+
+
+def _publish(ctx: SweepContext, study: optuna.Study, result: SweepResult) -> None:
+    """sweep.json / sweep.csv, and the sweep row's progress, summary and pick."""
+    write_sweep_files(result, ctx.out, ctx.spec)
+    counts = result.counts()
+    done = sum(n for state, n in counts.items() if state in ("finished", "pruned", "failed"))
+    best = result.rows[result.best] if result.best is not None else None
+    summary = {"trials": counts, "budget": ctx.spec.trials, "search": ctx.spec.search,
+               "best_val_acc": best.kd_val_acc if best else None,
+               "best_test_acc": best.kd_test_acc_mean if best else None,
+               "best_trial": result.best_trial}
+    ctx.store.update_sweep(ctx.sweep_id, progress=min(done / ctx.spec.trials, 0.99), summary=summary,
+                           best=best.run_id if best else None)

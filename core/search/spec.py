@@ -1,0 +1,153 @@
+"""What a search is: its algorithm, budget, space, objectives, pruner and pick rule (`SearchSpec`).
+
+Light on purpose (pydantic and the space, no torch, no Optuna import at module level): the CLI,
+the job manager and the Setup page check a search with it before anything is stored or trained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.config import RunConfig
+from core.errors import ConfigError
+from core.search.space import Dimension, check_space, grid_search_space, read_space, space_json
+
+SEARCHES = ("grid", "random", "tpe", "nsga2")
+PRUNERS = ("none", "median", "asha")
+# The accuracy a pick may give up for a faster (or smaller) student: 0.002 is about one val image
+# in 500, below the seed-to-seed spread of the small students kdlab trains.
+PICK_TOLERANCE = 0.002
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One thing a search optimises; `key` is also the column it reads from a trial."""
+
+    key: str
+    direction: Literal["maximize", "minimize"]
+    unit: str
+    help: str
+
+
+OBJECTIVES: dict[str, Objective] = {o.key: o for o in (
+    Objective("val_acc", "maximize", "", "the distilled student's val accuracy, mean over seeds"),
+    Objective("latency_ms", "minimize", "ms", "the student's batch-1 forward time on the run's device (median)"),
+    Objective("params", "minimize", "", "the student's parameter count"),
+)}
+
+
+def parse_objectives(text: str | list[str]) -> list[str]:
+    """`val_acc,latency_ms` -> ['val_acc', 'latency_ms']; val accuracy must be one of them (the pick reads it)."""
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    if not names:
+        raise ConfigError("--objective", "no objective given", "write e.g. --objective val_acc,latency_ms")
+    for name in names:
+        if name not in OBJECTIVES:
+            raise ConfigError("--objective", f"unknown objective '{name}'",
+                              f"use any of: {', '.join(OBJECTIVES)} (comma-separated)")
+    if len(set(names)) != len(names):
+        raise ConfigError("--objective", f"an objective is given twice: {','.join(names)}", "give each once")
+    if "val_acc" not in names:
+        raise ConfigError("--objective", "val_acc is missing: every search keeps the most accurate students "
+                          "in view and picks by val accuracy", f"write --objective val_acc,{','.join(names)}")
+    return names
+
+
+class SearchSpec(BaseModel):
+    """A search over a base config, as stored with its sweep and shown on the Search page."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    search: Literal["grid", "random", "tpe", "nsga2"] = "tpe"
+    trials: int = Field(8, ge=1, description="trials to finish (done, pruned or failed), resumed ones included")
+    space: list[dict[str, Any]] = Field(default_factory=list)   # Dimension.to_json() each
+    objectives: list[str] = Field(default_factory=lambda: ["val_acc"])
+    prune: Literal["none", "median", "asha"] = "none"
+    seeds: int | None = Field(None, ge=1, description="students per trial; None: the base config's")
+    sampler_seed: int = 0
+    study: str | None = None                                    # Optuna study name; None: the sweep's id
+    pick_tolerance: float = Field(PICK_TOLERANCE, ge=0.0, le=1.0)
+
+    @property
+    def dimensions(self) -> list[Dimension]:
+        return read_space(self.space)
+
+    @property
+    def directions(self) -> list[str]:
+        return [OBJECTIVES[o].direction for o in self.objectives]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def space_key(self) -> str:
+        """A short hash of what a study is about (space, objectives, algorithm, seeds): a rerun must match it."""
+        doc = {"space": self.space, "objectives": self.objectives, "search": self.search, "seeds": self.seeds}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+    def pick_rule(self) -> str:
+        """The pick rule in words, as the CLI and the Search page state it."""
+        if not self.multi_objective:
+            return "the best val accuracy (ties: the lower val NLL, then the first row)"
+        other = self.objectives[1] if self.objectives[0] == "val_acc" else self.objectives[0]
+        word = {"latency_ms": "fastest", "params": "smallest"}[other]
+        return (f"the {word} trial ({other}) within {self.pick_tolerance:g} val accuracy of the best; test "
+                "accuracy is never used to choose")
+
+    def command_args(self) -> list[str]:
+        """The `kdlab sweep` arguments that give this search (the Setup page shows the command)."""
+        args = ["--search", self.search, "--trials", str(self.trials)]
+        for dim in self.dimensions:
+            args += ["--space", dim.text()]
+        args += ["--objective", ",".join(self.objectives)]
+        if self.prune != "none":
+            args += ["--prune", self.prune]
+        if self.seeds is not None:
+            args += ["--seeds", str(self.seeds)]
+        args += ["--sampler-seed", str(self.sampler_seed)]
+        if self.study:
+            args += ["--study", self.study]
+        return args
+
+
+def make_spec(base: RunConfig, *, search: str, space: list[Dimension], trials: int | None = None,
+              objectives: str | list[str] = "val_acc", prune: str = "none", seeds: int | None = None,
+              sampler_seed: int = 0, study: str | None = None) -> SearchSpec:
+    """A checked SearchSpec: every bad input is a ConfigError naming the option and the fix."""
+    if search not in SEARCHES:
+        raise ConfigError("--search", f"unknown search '{search}'", f"use one of: {', '.join(SEARCHES)}")
+    if prune not in PRUNERS:
+        raise ConfigError("--prune", f"unknown pruner '{prune}'", f"use one of: {', '.join(PRUNERS)}")
+    names = parse_objectives(objectives)
+    check_space(base, space)
+    if search == "grid":
+        grid = grid_search_space(space)
+        size = 1
+        for values in grid.values():
+            size *= len(values)
+        if trials is None:
+            trials = size
+        elif trials > size:
+            raise ConfigError("--trials", f"{trials} is more than the grid's {size} point(s)",
+                              f"use --trials {size} or fewer, or another --search")
+    if trials is None:
+        raise ConfigError("--trials", "a search needs a budget", "add e.g. --trials 12")
+    if trials < 1:
+        raise ConfigError("--trials", f"must be at least 1, got {trials}", "add e.g. --trials 12")
+    if prune != "none" and len(names) > 1:
+        raise ConfigError("--prune", "pruning compares one value per epoch, and a multi-objective search has "
+                          "several (Optuna does not prune those)", "drop --prune, or search --objective val_acc")
+    if search == "nsga2" and len(names) == 1:
+        raise ConfigError("--search", "nsga2 is a multi-objective algorithm",
+                          "add an objective (--objective val_acc,latency_ms) or use --search tpe")
+    if seeds is not None and seeds < 1:
+        raise ConfigError("--seeds", f"must be at least 1, got {seeds}", "use --seeds 1 or more")
+    if study is not None and not study.strip():
+        raise ConfigError("--study", "the study name is empty", "give a name, or leave --study out")
+    return SearchSpec(search=search, trials=trials, space=space_json(space), objectives=names, prune=prune,
+                      seeds=seeds, sampler_seed=sampler_seed, study=study)
