@@ -12,13 +12,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import streamlit as st
-import yaml
-from pydantic import ValidationError
 
-from core import config as config_mod
-from core.errors import KdlabError, OutputError
+from core.errors import KdlabError
 from core.lifecycle import RunStatus
-from core.search.spec import SearchSpec
+from core.search.spec import SearchSpec, read_search_folder
 from core.store import ACTIVE
 from core.sweep_grid import grid_points, read_sweep_spec
 from dashboard.access import may_operate
@@ -59,15 +56,9 @@ def _how_to_resume(folder: Path) -> tuple[int, Callable[[], str]] | None:
         if record.status == RunStatus.DONE:
             return None
         return SearchSpec.model_validate(record.spec).trials, lambda: manager.resume_sweep(folder)
-    if (folder / "search.json").is_file():
-        try:
-            spec = SearchSpec.model_validate_json((folder / "search.json").read_text())
-            base = config_mod.validate(yaml.safe_load((folder / "config.yaml").read_text()))
-        except (OSError, ValueError, ValidationError, yaml.YAMLError) as err:
-            log.warning("sweep folder %s cannot be resumed: %s", folder, err)
-            raise OutputError("sweep folder", f"'{folder}' has an unreadable search.json or config.yaml "
-                              f"({type(err).__name__})", "start a new sweep instead") from None
-        return spec.trials, lambda: manager.submit_search(base, spec, out=folder)
+    found = read_search_folder(folder)
+    if found is not None:
+        return found[1].trials, lambda: manager.resume_sweep(folder)
     _, axes, _ = read_sweep_spec(folder)
     return len(grid_points(axes)), lambda: manager.resume_sweep(folder)
 

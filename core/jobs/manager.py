@@ -28,7 +28,7 @@ from core.jobs.export_job import ExportJob
 from core.jobs.job import Job, QueuedJob, SweepJob
 from core.lifecycle import RunStatus, check_resumable
 from core.store import Heartbeat, RunStore, StoreError, new_run_id
-from core.search.spec import SearchSpec
+from core.search.spec import SearchSpec, read_search_folder
 from core.sweep_grid import Axis, check_grid, read_sweep_spec
 from core.threads import lower_priority
 from core.train import Event
@@ -247,6 +247,9 @@ class JobManager:
         record = self.store.find_sweep_by_dir(folder)
         if record is not None:
             return self.submit_search(record.config, SearchSpec.model_validate(record.spec), out=folder)
+        found = read_search_folder(folder)  # a folder from another store: a new study, the same checkpoints
+        if found is not None:
+            return self.submit_search(found[0], found[1], out=folder)
         base, axes, seeds = read_sweep_spec(folder)  # a folder from before sweeps were store rows
         return self.submit_sweep(base, axes, seeds=seeds, out=folder)
 

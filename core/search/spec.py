@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from core.config import RunConfig
-from core.errors import ConfigError
+from core.errors import ConfigError, KdlabError
 from core.search.space import Dimension, check_space, grid_search_space, read_space, space_json
 
 SEARCHES = ("grid", "random", "tpe", "nsga2")
@@ -151,3 +152,27 @@ def make_spec(base: RunConfig, *, search: str, space: list[Dimension], trials: i
         raise ConfigError("--study", "the study name is empty", "give a name, or leave --study out")
     return SearchSpec(search=search, trials=trials, space=space_json(space), objectives=names, prune=prune,
                       seeds=seeds, sampler_seed=sampler_seed, study=study)
+
+
+def read_search_folder(folder: Path) -> tuple[RunConfig, SearchSpec] | None:
+    """(base config, spec) of a sweep folder written by a search (its config.yaml and search.json).
+
+    None for a folder without search.json (a grid from before sweeps were store rows: see
+    core.sweep_grid.read_sweep_spec); OutputError naming the folder when either file is unreadable.
+    """
+    import yaml
+    from pydantic import ValidationError
+
+    from core import config as config_mod
+    from core.errors import OutputError
+
+    folder = Path(folder)
+    if not (folder / "search.json").is_file():
+        return None
+    try:
+        spec = SearchSpec.model_validate_json((folder / "search.json").read_text())
+        base = config_mod.validate(yaml.safe_load((folder / "config.yaml").read_text()))
+    except (OSError, ValueError, ValidationError, yaml.YAMLError, KdlabError) as err:
+        raise OutputError("sweep folder", f"'{folder}' has an unreadable search.json or config.yaml "
+                          f"({type(err).__name__})", "start a new sweep instead") from None
+    return base, spec

@@ -8,6 +8,7 @@ kdlab's run store stays the record of what trained; the study is what the sample
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,9 @@ def open_study(spec: SearchSpec, storage: str, name: str) -> optuna.Study:
     if existing is None:
         study.set_user_attr(SPACE_ATTR, key)
         study.set_user_attr("kdlab_spec", spec.model_dump(mode="json"))
+        with warnings.catch_warnings():  # experimental in Optuna, and stable in what it stores: a user attr
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(spec.objectives))  # optuna-dashboard and Optuna's plots name the axes
     return study
 
 

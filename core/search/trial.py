@@ -263,7 +263,7 @@ def _results(ctx: SweepContext, prep: Prepared, cfg: RunConfig, point: dict[str,
     kd_entries = [r.entry for r in kd_runs]
     row = sweep_row(point, list(point), kd_entries, [r.entry for r in scratch_runs], ensemble_acc)
     vals = [e.val_acc for e in kd_entries if e.val_acc is not None]
-    spread = mean_std(vals)["std"] if vals else None
+    spread = mean_std(vals)["std"] if len(vals) > 1 else None  # one seed has no spread
     by_objective = {"val_acc": row.kd_val_acc, "latency_ms": kd_row.latency_ms, "params": float(kd_row.params)}
     row = row.model_copy(update={"kd_val_acc_std": spread, "latency_ms": kd_row.latency_ms,
                                  "student_params": kd_row.params, "folder": str(folder.relative_to(ctx.out))})

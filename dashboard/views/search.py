@@ -190,11 +190,13 @@ def pick(file: SweepFile, spec: SearchSpec) -> None:
     a, b, c = st.columns(3)
     a.metric("picked trial", f"#{best.trial}" if best.trial is not None else best.point, best.point,
              delta_color="off", delta_arrow="off")
-    spread = f"± {best.kd_val_acc_std:.4f}" if best.kd_val_acc_std is not None else None
-    b.metric("its KD val acc", f"{best.kd_val_acc:.4f}" if best.kd_val_acc is not None else "-", spread,
-             delta_color="off", delta_arrow="off")
+    def spread(std: float | None) -> str:  # one seed has no spread to show
+        return f"± {std or 0:.4f} over {best.seeds} seeds" if best.seeds > 1 else "1 seed"
+
+    b.metric("its KD val acc", f"{best.kd_val_acc:.4f}" if best.kd_val_acc is not None else "-",
+             spread(best.kd_val_acc_std), delta_color="off", delta_arrow="off")
     c.metric("its KD test acc (reported, not used to choose)", f"{best.kd_test_acc_mean:.4f}",
-             f"± {best.kd_test_acc_std:.4f}", delta_color="off", delta_arrow="off")
+             spread(best.kd_test_acc_std), delta_color="off", delta_arrow="off")
 
 
 def charts(rec: Any, spec: SearchSpec, file: SweepFile) -> None:

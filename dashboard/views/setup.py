@@ -43,14 +43,15 @@ def load_form(raw_config: dict, source: str) -> None:
         st.session_state.pop(key, None)
 
 
-loaded = st.session_state.pop("loaded_config", None)  # from the Compare page
+loaded = st.session_state.pop("loaded_config", None)  # from the Compare or Search page
 if loaded is not None:
     load_form(loaded, "loaded")
 elif st.session_state.get("preset_seen") != preset_name or "raw" not in st.session_state:
     load_form(config_mod.preset(preset_name), preset_name)  # a preset picked (or the first visit)
 st.session_state["preset_seen"] = preset_name
 if st.session_state["raw_from"] == "loaded":
-    st.info("Editing a config loaded from the Compare page; pick a preset to start over.")
+    st.info("Editing a config loaded from another page (a run, a sweep point or a search trial); pick a preset "
+            "to start over.")
 raw = copy.deepcopy(st.session_state["raw"])
 # Every widget below takes its default, range, choices and help from its field in core/config.py
 # (dashboard/fields.py); the labels are the page's own words.
