@@ -53,6 +53,11 @@ def _space(grid: tuple[str, ...], space: tuple[str, ...], search: str | None) ->
               help="Student seeds per trial (default: student.seeds of the config); a trial's value is the mean.")
 @click.option("--sampler-seed", type=int, default=0, show_default=True, help="Seed of the sampler.")
 @click.option("--study", default=None, help="Optuna study name (default: the sweep's id).")
+@click.option("--executor", default="local", show_default=True, metavar="local|processes",
+              help="Where trials run: one at a time in this process, or in --workers processes on this machine.")
+@click.option("--workers", type=int, default=None,
+              help="Worker processes for --executor processes (default: one per core; each gets cores // K "
+                   "torch threads).")
 @click.option("--out", type=click.Path(),
               help="Folder for teachers, cache and trials (default: a new sweep-* folder in the run store). "
                    "Run the same command with the same --out again to resume.")
@@ -60,8 +65,8 @@ def _space(grid: tuple[str, ...], space: tuple[str, ...], search: str | None) ->
 @quiet_option
 def sweep(config_file: str | None, preset_name: str | None, overrides: tuple[str, ...], grid: tuple[str, ...],
           search: str | None, space: tuple[str, ...], trials: int | None, objective: str, prune: str,
-          seeds: int | None, sampler_seed: int, study: str | None, out: str | None, store_dir: str | None,
-          quiet: bool) -> None:
+          seeds: int | None, sampler_seed: int, study: str | None, executor: str, workers: int | None,
+          out: str | None, store_dir: str | None, quiet: bool) -> None:
     """Student search: train the teachers once, then KD and scratch students for every trial.
 
     Trials are ranked by the distilled students' val accuracy (and latency or size with a second
@@ -72,7 +77,7 @@ def sweep(config_file: str | None, preset_name: str | None, overrides: tuple[str
     cfg = load_config(config_file, preset_name, overrides)
     algorithm, dims = _space(grid, space, search)
     spec = make_spec(cfg, search=algorithm, space=dims, trials=trials, objectives=objective, prune=prune,
-                     seeds=seeds, sampler_seed=sampler_seed, study=study)
+                     seeds=seeds, sampler_seed=sampler_seed, study=study, executor=executor, workers=workers)
     data_dir = data_dir_of(store_dir)
     check_store_folder(data_dir)
     out_dir = Path(out) if out else data_dir / f"sweep-{new_run_id(cfg.name)}"
@@ -84,8 +89,9 @@ def _run(cfg: Any, spec: Any, out: Path, data_dir: Path, quiet: bool) -> None:
     from core.train import CancelToken, EventBus
 
     n_seeds = spec.seeds or cfg.student.seeds
-    click.echo(f"kdlab sweep: {cfg.name}, {spec.search} search, {spec.trials} trial(s) x {n_seeds} seed(s) into "
-               f"{out}; teachers trained once; store {data_dir}", err=True)
+    where = "" if spec.executor == "local" else f", {spec.workers} worker processes"
+    click.echo(f"kdlab sweep: {cfg.name}, {spec.search} search, {spec.trials} trial(s) x {n_seeds} seed(s){where} "
+               f"into {out}; teachers trained once; store {data_dir}", err=True)
     cancel = CancelToken()
     events = EventBus(ProgressBars(enabled=not quiet))
 

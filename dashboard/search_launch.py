@@ -9,6 +9,7 @@ exactly what `kdlab sweep` refuses, with the same one-line message. The job mana
 
 from __future__ import annotations
 
+import os
 import shlex
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ import streamlit as st
 from core.config import RunConfig, StudentConfig
 from core.errors import KdlabError
 from core.search.space import Dimension, parse_dimension
-from core.search.spec import OBJECTIVES, PRUNERS, SEARCHES, SearchSpec, make_spec
+from core.search.spec import EXECUTORS, OBJECTIVES, PRUNERS, SEARCHES, SearchSpec, make_spec
 from core.sweep_grid import COMMON_AXES, Axis, sweep_trainings
 from dashboard import fields
 from dashboard.access import may_operate
@@ -69,8 +70,13 @@ def duplicates(rows: list[SpaceRow], dims: list[Dimension]) -> list[str]:
             if d.choices is not None and len(typed.get(d.field, ())) > len(d.choices)]
 
 
+EXECUTOR_HELP = ("local: one trial at a time in this app's worker thread; processes: several trials at once in "
+                 "worker processes on this machine (small students cannot use every core alone)")
+
+
 def build_spec(cfg: RunConfig, dims: list[Dimension], *, search: str, trials: int | None, second: str,
-               prune: str, seeds: int | None, sampler_seed: int) -> tuple[SearchSpec, int | None]:
+               prune: str, seeds: int | None, sampler_seed: int, executor: str = "local",
+               workers: int | None = None) -> tuple[SearchSpec, int | None]:
     """The checked search and, for a grid, its exact number of trainings (None for other searches).
 
     A grid is checked point by point first, so a bad value names its grid point, as `kdlab sweep
@@ -81,7 +87,8 @@ def build_spec(cfg: RunConfig, dims: list[Dimension], *, search: str, trials: in
         total = sweep_trainings(cfg, [Axis(d.field, tuple(d.choices or ())) for d in dims], seeds)
     objectives = "val_acc" if second == NO_SECOND else f"val_acc,{second}"
     spec = make_spec(cfg, search=search, space=dims, trials=None if search == "grid" else trials,
-                     objectives=objectives, prune=prune, seeds=seeds, sampler_seed=sampler_seed)
+                     objectives=objectives, prune=prune, seeds=seeds, sampler_seed=sampler_seed,
+                     executor=executor, workers=workers if executor != "local" else None)
     return spec, total
 
 
@@ -144,14 +151,19 @@ def _settings(cfg: RunConfig | None) -> dict[str, Any]:
                          help="Val accuracy is always an objective. " + "; ".join(
                              f"{o.key}: {o.help} ({o.direction})" for o in OBJECTIVES.values()))
     prune = d.selectbox("Pruning", PRUNERS, key="search_prune", help=PRUNE_HELP)
-    a, b, _ = st.columns([1, 1, 2])
+    a, b, c, d = st.columns(4)
     # StudentConfig.seeds' range and help; the form's student seeds as the starting value
     seeds = fields.number_input_for(StudentConfig, "seeds", {"seeds": cfg.student.seeds} if cfg else {},
                                     key="sweep_seeds", label="Student seeds per point", container=a)
     sampler_seed = b.number_input("Sampler seed", min_value=0, value=0, step=1, key="search_sampler_seed",
                                   help="The same seed and space draw the same trials")
+    executor = c.selectbox("Executor", EXECUTORS, key="search_executor", help=EXECUTOR_HELP)
+    cores = os.cpu_count() or 1
+    workers = d.number_input("Worker processes", min_value=1, max_value=64, value=cores, step=1,
+                             key="search_workers", disabled=executor == "local",
+                             help=f"Trials at once, each with {cores} // workers torch threads ({cores} cores here)")
     return {"search": search, "trials": int(trials), "second": second, "prune": prune, "seeds": seeds,
-            "sampler_seed": int(sampler_seed)}
+            "sampler_seed": int(sampler_seed), "executor": executor, "workers": int(workers)}
 
 
 def launcher(cfg: RunConfig | None) -> None:
@@ -181,6 +193,8 @@ def launcher(cfg: RunConfig | None) -> None:
             st.caption(line)
             st.caption(words)
             st.caption(f"Pick rule: {spec.pick_rule()}.")
+            st.caption("Runs in this app's queue, one trial at a time." if spec.executor == "local" else
+                       f"Runs in {spec.workers} worker processes on this machine (from this app's queue).")
             st.caption("The same sweep headless, with the YAML under 'Run it headless' saved as config.yaml:")
             st.code(command(spec), language="bash")
         grid = settings["search"] == "grid"

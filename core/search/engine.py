@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +32,8 @@ from core.runlog import log_event, run_log
 from core.search.rows import SweepResult, pick_row, write_sweep_files
 from core.search.spec import SearchSpec
 from core.search.study import distributions, open_study, storage_url, trial_state_name
-from core.search.trial import SweepContext, TrialOutcome, run_trial
+from core.search.budget import RUN_ATTR, retry_stopped, spent, stopped, tell, trial_statuses
+from core.search.trial import SweepContext, TrialOutcome, claim_trial, run_trial
 from core.stages import ensemble_stage, teacher_costs, teacher_stage
 from core.store import Heartbeat, RunStore, StoreError, new_run_id
 from core.sweep_grid import point_config
@@ -40,7 +42,7 @@ from core.train import CancelToken, Event, EventBus
 log = logging.getLogger(__name__)
 
 # Optuna user attributes of a trial (kdlab's bookkeeping in the study).
-RUN_ATTR, ROW_ATTR, EPOCHS_ATTR = "run_id", "row", "epochs"
+ROW_ATTR, EPOCHS_ATTR = "row", "epochs"
 
 
 def study_name(sweep_id: str, spec: SearchSpec) -> str:
@@ -105,7 +107,8 @@ def run_search(base: RunConfig, spec: SearchSpec, out: Path, *, store: RunStore,
     exc: BaseException | None = None
     try:
         with run_log(out):
-            ctx = _context(prep, spec, out, sweep_id, store, beats, source, events, cancel, shutting_down)
+            ctx = build_context(prep, spec, out, sweep_id, store, beats, source, events, cancel, shutting_down,
+                                study_name=name)
             return _search(ctx, study, on_trial)
     except BaseException as err:
         exc = err
@@ -123,7 +126,9 @@ def run_search(base: RunConfig, spec: SearchSpec, out: Path, *, store: RunStore,
             log.warning("sweep %s: its final status %s was not stored: %s", sweep_id, status, err)
 
 
-def _context(prep, spec, out, sweep_id, store, beats, source, events, cancel, shutting_down) -> SweepContext:
+def build_context(prep, spec, out, sweep_id, store, beats, source, events, cancel, shutting_down, *,
+                  study_name: str) -> SweepContext:
+    """The teachers (trained, or restored from the folder's checkpoints and cache), their ensembles and cost."""
     stats = CacheStats()
     warnings: list[str] = list(prep.warnings)
 
@@ -141,106 +146,72 @@ def _context(prep, spec, out, sweep_id, store, beats, source, events, cancel, sh
     return SweepContext(prep=prep, spec=spec, out=out, sweep_id=sweep_id, sweep_name=prep.cfg.name, store=store,
                         heartbeat=beats, source=source, trained=trained, ensembles=ensembles, combined=combined,
                         costs=teacher_costs(prep, trained), stats=stats, events=events, cancel=cancel,
-                        shutting_down=shutting_down, warnings=warnings)
-
-
-def tell(study: optuna.Study, trial: optuna.Trial | int, **kwargs) -> None:
-    """study.tell, where GridSampler's end of grid does not break the ask-and-tell loop.
-
-    After the last grid point GridSampler calls `study.stop()`, which raises RuntimeError outside
-    `study.optimize` (optuna issue #5141, open). The trial's state is written before that (a
-    `finally` in Optuna's tell), and this loop stops by its own budget, so the error is dropped.
-    """
-    try:
-        study.tell(trial, **kwargs)
-    except RuntimeError as err:
-        if not (isinstance(study.sampler, optuna.samplers.GridSampler) and "Study.stop" in str(err)):
-            raise
-        log.debug("GridSampler reached the end of its grid (%s); the trial is stored", err)
-
-
-def trial_statuses(ctx: SweepContext) -> dict[str, RunStatus]:
-    """The store's status of each of this sweep's trial runs (the record of what trained)."""
-    return {r.id: r.status for r in ctx.store.trials(ctx.sweep_id)}
-
-
-STOPPED = (RunStatus.CANCELLED, RunStatus.INTERRUPTED, RunStatus.QUEUED, RunStatus.RUNNING)
-
-
-def stopped(trial: optuna.trial.FrozenTrial, statuses: dict[str, RunStatus]) -> bool:
-    """A FAIL that a kill or a cancel caused (its run row was stopped, or never made): retried, not counted.
-
-    Any other end of its run row (failed, done, pruned) spends the budget, so the loop always ends.
-    """
-    if trial.state != TrialState.FAIL:
-        return False
-    status = statuses.get(trial.user_attrs.get(RUN_ATTR, ""))
-    return status is None or status in STOPPED
-
-
-def spent(study: optuna.Study, statuses: dict[str, RunStatus]) -> int:
-    """Trials that spent the budget: finished, pruned, or failed on their own (a retried one counts once, as its retry)."""
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials}
-    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) or
-               (t.state == TrialState.FAIL and not stopped(t, statuses) and t.number not in retried) for t in trials)
-
-
-def retry_stopped(ctx: SweepContext, study: optuna.Study) -> int:
-    """Queue once more, with the same values, every trial of this study a kill or a cancel stopped.
-
-    A trial still RUNNING in the study belongs to a process that is gone (this sweep row was not
-    active, or it would not have been resumed): it is failed first. Its run row is kept and
-    continues from its students' checkpoints.
-    """
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        tell(study, t.number, state=TrialState.FAIL, skip_if_finished=True)
-    statuses = trial_statuses(ctx)
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials}
-    queued = 0
-    for t in trials:
-        if stopped(t, statuses) and t.number not in retried and RUN_ATTR in t.user_attrs:
-            study.enqueue_trial(dict(t.params), user_attrs={RUN_ATTR: t.user_attrs[RUN_ATTR], "retry_of": t.number})
-            queued += 1
-    return queued
+                        shutting_down=shutting_down, warnings=warnings, study_name=study_name,
+                        store_url=storage_url(store.data_dir))
 
 
 def _search(ctx: SweepContext, study: optuna.Study, on_trial: Callable[[TrialOutcome], None] | None) -> SweepResult:
-    spec = ctx.spec
     retried = retry_stopped(ctx, study)
     if retried:
         ctx.events.emit(Event("info", "sweep", message=f"retrying {retried} stopped trial(s) where they stopped"))
+    _publish(ctx, _result(ctx, study))
+    if ctx.spec.executor == "processes":
+        from core.search.workers import run_in_processes
+
+        run_in_processes(ctx, study)
+    else:
+        trial_loop(ctx, study, on_trial)
     result = _result(ctx, study)
-    _publish(ctx, study, result)
-    dists = distributions(spec)
-    while (done := spent(study, trial_statuses(ctx))) < spec.trials:
-        ctx.cancel.check()
-        trial = study.ask(dists)
-        ctx.events.emit(Event("stage", "sweep", message=f"trial {done + 1}/{spec.trials}",
-                              metrics={"trial": trial.number, "done": done, "trials": spec.trials}))
-        point = {d.field: trial.params[d.field] for d in spec.dimensions}
-        try:
-            outcome = run_trial(ctx, trial, point, trial.user_attrs.get(RUN_ATTR))
-        except BaseException:  # cancelled, interrupted, Ctrl-C: the trial is retried on resume
-            tell(study, trial, state=TrialState.FAIL, skip_if_finished=True)
-            raise
-        trial.set_user_attr(EPOCHS_ATTR, outcome.epochs)
-        if outcome.status == RunStatus.DONE:
-            trial.set_user_attr(ROW_ATTR, outcome.row.to_json())
-            trial.set_user_attr("val_acc_std", outcome.val_acc_std)
-            tell(study, trial, values=outcome.values)
-        elif outcome.status == RunStatus.PRUNED:
-            tell(study, trial, state=TrialState.PRUNED)
-        else:
-            tell(study, trial, state=TrialState.FAIL)
-        result = _result(ctx, study)
-        _publish(ctx, study, result)
-        if on_trial is not None:
-            on_trial(outcome)
+    _publish(ctx, result)
     ctx.events.emit(Event("stage", "sweep", message=f"done: {len(result.rows)} finished trial(s), "
                           f"picked trial {result.best_trial}"))
     return result
+
+
+def trial_loop(ctx: SweepContext, study: optuna.Study, on_trial: Callable[[TrialOutcome], None] | None = None,
+               lock: AbstractContextManager | None = None) -> None:
+    """Ask, train, tell until the budget is spent; with `lock` (worker processes sharing the study),
+    asking, claiming a run row and telling happen under it, so K workers never overshoot the budget."""
+    spec = ctx.spec
+    guard = lock if lock is not None else nullcontext()
+    dists = distributions(spec)
+    while True:
+        with guard:
+            if lock is not None:  # a worker that died left its trial running: retried by a live one
+                retry_stopped(ctx, study, dead_only=True)
+            done = spent(study, trial_statuses(ctx))
+            running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+            if done + running >= spec.trials:
+                return
+            ctx.cancel.check()
+            trial = study.ask(dists)
+            point = {d.field: trial.params[d.field] for d in spec.dimensions}
+            try:
+                run_id = claim_trial(ctx, trial, point, trial.user_attrs.get(RUN_ATTR))
+            except BaseException:
+                tell(study, trial, state=TrialState.FAIL)
+                raise
+        ctx.events.emit(Event("stage", "sweep", message=f"trial {done + running + 1}/{spec.trials}",
+                              metrics={"trial": trial.number, "done": done, "trials": spec.trials}))
+        try:
+            outcome = run_trial(ctx, trial, point, run_id)
+        except BaseException:  # cancelled, interrupted, Ctrl-C: the trial is retried on resume
+            with guard:
+                tell(study, trial, state=TrialState.FAIL, skip_if_finished=True)
+            raise
+        with guard:
+            trial.set_user_attr(EPOCHS_ATTR, outcome.epochs)
+            if outcome.status == RunStatus.DONE:
+                trial.set_user_attr(ROW_ATTR, outcome.row.to_json())
+                trial.set_user_attr("val_acc_std", outcome.val_acc_std)
+                tell(study, trial, values=outcome.values)
+            elif outcome.status == RunStatus.PRUNED:
+                tell(study, trial, state=TrialState.PRUNED)
+            else:
+                tell(study, trial, state=TrialState.FAIL)
+            _publish(ctx, _result(ctx, study))
+        if on_trial is not None:
+            on_trial(outcome)
 
 
 def _result(ctx: SweepContext, study: optuna.Study) -> SweepResult:
@@ -277,7 +248,7 @@ def _result(ctx: SweepContext, study: optuna.Study) -> SweepResult:
                        pick_rule=spec.pick_rule(), sweep_id=ctx.sweep_id, study=study.study_name)
 
 
-def _publish(ctx: SweepContext, study: optuna.Study, result: SweepResult) -> None:
+def _publish(ctx: SweepContext, result: SweepResult) -> None:
     """sweep.json / sweep.csv, and the sweep row's progress, summary and pick."""
     write_sweep_files(result, ctx.out, ctx.spec)
     counts = result.counts()

@@ -73,6 +73,8 @@ class SearchSpec(BaseModel):
     sampler_seed: int = 0
     study: str | None = None                                    # Optuna study name; None: the sweep's id
     pick_tolerance: float = Field(PICK_TOLERANCE, ge=0.0, le=1.0)
+    executor: Literal["local", "processes"] = "local"          # where trials run (not part of the study)
+    workers: int = Field(1, ge=1, le=64, description="worker processes for the processes executor")
 
     @property
     def dimensions(self) -> list[Dimension]:
@@ -113,12 +115,15 @@ class SearchSpec(BaseModel):
         args += ["--sampler-seed", str(self.sampler_seed)]
         if self.study:
             args += ["--study", self.study]
+        if self.executor != "local":
+            args += ["--executor", self.executor, "--workers", str(self.workers)]
         return args
 
 
 def make_spec(base: RunConfig, *, search: str, space: list[Dimension], trials: int | None = None,
               objectives: str | list[str] = "val_acc", prune: str = "none", seeds: int | None = None,
-              sampler_seed: int = 0, study: str | None = None) -> SearchSpec:
+              sampler_seed: int = 0, study: str | None = None, executor: str = "local",
+              workers: int | None = None) -> SearchSpec:
     """A checked SearchSpec: every bad input is a ConfigError naming the option and the fix."""
     if search not in SEARCHES:
         raise ConfigError("--search", f"unknown search '{search}'", f"use one of: {', '.join(SEARCHES)}")
@@ -150,8 +155,36 @@ def make_spec(base: RunConfig, *, search: str, space: list[Dimension], trials: i
         raise ConfigError("--seeds", f"must be at least 1, got {seeds}", "use --seeds 1 or more")
     if study is not None and not study.strip():
         raise ConfigError("--study", "the study name is empty", "give a name, or leave --study out")
+    workers = check_executor(executor, workers)
     return SearchSpec(search=search, trials=trials, space=space_json(space), objectives=names, prune=prune,
-                      seeds=seeds, sampler_seed=sampler_seed, study=study)
+                      seeds=seeds, sampler_seed=sampler_seed, study=study, executor=executor, workers=workers)
+
+
+EXECUTORS = ("local", "processes")
+
+
+def check_executor(executor: str, workers: int | None) -> int:
+    """The worker count for `executor` (ConfigError on bad input); more workers than cores is warned, allowed."""
+    import logging
+    import os
+
+    if executor not in EXECUTORS:
+        hint = " (a Ray cluster is not supported yet)" if executor == "ray" else ""
+        raise ConfigError("--executor", f"unknown executor '{executor}'{hint}", f"use one of: {', '.join(EXECUTORS)}")
+    if executor == "local":
+        if workers not in (None, 1):
+            raise ConfigError("--workers", "the local executor runs one trial at a time",
+                              "add --executor processes, or drop --workers")
+        return 1
+    cores = os.cpu_count() or 1
+    workers = cores if workers is None else workers
+    if workers < 1:
+        raise ConfigError("--workers", f"must be at least 1, got {workers}", "use --workers 2 or more")
+    if workers > cores:
+        logging.getLogger(__name__).warning(
+            "--workers %d is more than this machine's %d cores: the trials will share them (each worker gets "
+            "1 torch thread)", workers, cores)
+    return workers
 
 
 def read_search_folder(folder: Path) -> tuple[RunConfig, SearchSpec] | None:

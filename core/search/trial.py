@@ -62,6 +62,8 @@ class SweepContext:
     events: EventBus                      # the sweep's own bus (its events.jsonl, progress, the CLI's bars)
     cancel: CancelToken
     shutting_down: Callable[[], bool] = lambda: False
+    study_name: str = ""
+    store_url: str = ""                   # the study's Optuna storage
     teachings: dict[tuple[str, str, int], Teaching] = field(default_factory=dict)
     scratch: dict[str, list[StudentRun]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -152,9 +154,10 @@ def _relative_to(path: str, base: Path, folder: Path) -> str:
     return os.path.relpath(base / path, folder)
 
 
-def start_trial_row(ctx: SweepContext, trial: optuna.Trial, cfg: RunConfig, folder: Path,
-                    run_id: str | None) -> str:
+def claim_trial(ctx: SweepContext, trial: optuna.Trial, point: dict[str, Any], run_id: str | None) -> str:
     """The trial's run row: a new one, or (a retry) the interrupted one, running again in its folder."""
+    cfg = point_config(ctx.prep.cfg, point, ctx.spec.seeds)
+    folder = trial_folder(ctx, cfg)
     if run_id is None:
         run_id = ctx.store.create_run(cfg, name=f"{ctx.sweep_name} #{trial.number}", source=ctx.source,
                                       status=RunStatus.RUNNING, run_dir=folder, sweep_id=ctx.sweep_id,
@@ -168,13 +171,12 @@ def start_trial_row(ctx: SweepContext, trial: optuna.Trial, cfg: RunConfig, fold
     return run_id
 
 
-def run_trial(ctx: SweepContext, trial: optuna.Trial, point: dict[str, Any], run_id: str | None = None
-              ) -> TrialOutcome:
-    """Train and record one trial; its run row ends done, pruned, failed, cancelled or interrupted."""
+def run_trial(ctx: SweepContext, trial: optuna.Trial, point: dict[str, Any], run_id: str) -> TrialOutcome:
+    """Train and record one claimed trial (claim_trial); its run row ends done, pruned, failed, cancelled
+    or interrupted."""
     spec = ctx.spec
     cfg = point_config(ctx.prep.cfg, point, spec.seeds)
     folder = trial_folder(ctx, cfg)
-    run_id = start_trial_row(ctx, trial, cfg, folder, run_id)
     token = _LinkedToken(ctx.cancel)
     reporter = _PruneReporter(trial, token, enabled=spec.prune != "none")
     outcome = TrialOutcome(run_id, RunStatus.RUNNING)
