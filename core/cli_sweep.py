@@ -53,8 +53,11 @@ def _space(grid: tuple[str, ...], space: tuple[str, ...], search: str | None) ->
               help="Student seeds per trial (default: student.seeds of the config); a trial's value is the mean.")
 @click.option("--sampler-seed", type=int, default=0, show_default=True, help="Seed of the sampler.")
 @click.option("--study", default=None, help="Optuna study name (default: the sweep's id).")
-@click.option("--executor", default="local", show_default=True, metavar="local|processes",
-              help="Where trials run: one at a time in this process, or in --workers processes on this machine.")
+@click.option("--executor", default="local", show_default=True, metavar="local|processes|ray",
+              help="Where trials run: one at a time in this process, in --workers processes on this machine, or "
+                   "on a Ray cluster (pip install 'kdlab[ray]').")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="An existing Ray cluster for --executor ray (default: $RAY_ADDRESS, else a local Ray for the sweep).")
 @click.option("--workers", type=int, default=None,
               help="Worker processes for --executor processes (default: one per core; each gets cores // K "
                    "torch threads).")
@@ -66,7 +69,7 @@ def _space(grid: tuple[str, ...], space: tuple[str, ...], search: str | None) ->
 def sweep(config_file: str | None, preset_name: str | None, overrides: tuple[str, ...], grid: tuple[str, ...],
           search: str | None, space: tuple[str, ...], trials: int | None, objective: str, prune: str,
           seeds: int | None, sampler_seed: int, study: str | None, executor: str, workers: int | None,
-          out: str | None, store_dir: str | None, quiet: bool) -> None:
+          ray_address: str | None, out: str | None, store_dir: str | None, quiet: bool) -> None:
     """Student search: train the teachers once, then KD and scratch students for every trial.
 
     Trials are ranked by the distilled students' val accuracy (and latency or size with a second
@@ -77,7 +80,8 @@ def sweep(config_file: str | None, preset_name: str | None, overrides: tuple[str
     cfg = load_config(config_file, preset_name, overrides)
     algorithm, dims = _space(grid, space, search)
     spec = make_spec(cfg, search=algorithm, space=dims, trials=trials, objectives=objective, prune=prune,
-                     seeds=seeds, sampler_seed=sampler_seed, study=study, executor=executor, workers=workers)
+                     seeds=seeds, sampler_seed=sampler_seed, study=study, executor=executor, workers=workers,
+                     ray_address=ray_address)
     data_dir = data_dir_of(store_dir)
     check_store_folder(data_dir)
     out_dir = Path(out) if out else data_dir / f"sweep-{new_run_id(cfg.name)}"

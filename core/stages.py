@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -120,16 +120,19 @@ def teacher_stage(prep: Prepared, out: Path, events: EventBus, cancel: CancelTok
     return trained
 
 
-def ensemble_stage(prep: Prepared, stack: dict[str, torch.Tensor], events: EventBus
-                   ) -> tuple[list[EnsembleEntry], dict[str, Combined]]:
-    """Combine the teacher draws with every registered scheme and evaluate each on test.
+def ensemble_stage(prep: Prepared, stack: dict[str, torch.Tensor], events: EventBus,
+                   schemes: Iterable[str] | None = None) -> tuple[list[EnsembleEntry], dict[str, Combined]]:
+    """Combine the teacher draws with every registered scheme (or only `schemes`) and evaluate each on test.
 
     A scheme that cannot be fitted (e.g. a val split too small) is reported with its error; the
     others go on.
     """
     entries, combined = [], {}
     val_y, test_y = prep.data.val.y, prep.data.test.y
+    wanted = set(schemes) if schemes is not None else None
     for scheme in list_combiners():
+        if wanted is not None and scheme not in wanted:
+            continue
         try:
             result = combine(scheme, stack, val_y)
         except KdlabError as err:

@@ -144,6 +144,9 @@ def test_executor_options_are_checked(caplog):
         spec = make_spec(base, search="grid", space=GRID, executor="processes", workers=(os.cpu_count() or 1) + 2)
     assert spec.workers == (os.cpu_count() or 1) + 2 and "more than this machine's" in caplog.text
     assert spec.command_args()[-4:] == ["--executor", "processes", "--workers", str(spec.workers)]
+    with pytest.raises(ConfigError) as err:
+        make_spec(base, search="grid", space=GRID, ray_address="10.0.0.1:6379")
+    assert err.value.field == "--ray-address"
     res = CliRunner().invoke(main, ["sweep", *sum((["--set", s] for s in TINY), []), "--grid",
                                     "distill.temperature=1,2", "--executor", "processes", "--workers", "0"])
     assert res.exit_code == 2 and "--workers" in res.output

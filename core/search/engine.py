@@ -127,8 +127,13 @@ def run_search(base: RunConfig, spec: SearchSpec, out: Path, *, store: RunStore,
 
 
 def build_context(prep, spec, out, sweep_id, store, beats, source, events, cancel, shutting_down, *,
-                  study_name: str) -> SweepContext:
-    """The teachers (trained, or restored from the folder's checkpoints and cache), their ensembles and cost."""
+                  study_name: str, shared: dict | None = None) -> SweepContext:
+    """The teachers (trained, or restored from the folder's checkpoints and cache), their ensembles and cost.
+
+    shared: what a worker process gets from the search's parent instead of measuring it again: the
+    ensembles' results entries, the teachers' costs, and the schemes its trials can learn from (only
+    those are fitted again).
+    """
     stats = CacheStats()
     warnings: list[str] = list(prep.warnings)
 
@@ -141,11 +146,16 @@ def build_context(prep, spec, out, sweep_id, store, beats, source, events, cance
     if not trained.entries:
         raise ModelError("teachers", "every teacher draw diverged (non-finite loss or logits)",
                          "lower train.lr, or check the teachers' weights files")
-    ensembles, combined = ensemble_stage(prep, trained.stack(), events)
-    events.emit(Event("stage", "teachers", message="measuring the teachers' cost"))
+    if shared is None:
+        ensembles, combined = ensemble_stage(prep, trained.stack(), events)
+        events.emit(Event("stage", "teachers", message="measuring the teachers' cost"))
+        costs = teacher_costs(prep, trained)
+    else:
+        _, combined = ensemble_stage(prep, trained.stack(), events, schemes=shared["schemes"])
+        ensembles, costs = shared["ensembles"], shared["costs"]
     return SweepContext(prep=prep, spec=spec, out=out, sweep_id=sweep_id, sweep_name=prep.cfg.name, store=store,
                         heartbeat=beats, source=source, trained=trained, ensembles=ensembles, combined=combined,
-                        costs=teacher_costs(prep, trained), stats=stats, events=events, cancel=cancel,
+                        costs=costs, stats=stats, events=events, cancel=cancel,
                         shutting_down=shutting_down, warnings=warnings, study_name=study_name,
                         store_url=storage_url(store.data_dir))
 
@@ -159,6 +169,10 @@ def _search(ctx: SweepContext, study: optuna.Study, on_trial: Callable[[TrialOut
         from core.search.workers import run_in_processes
 
         run_in_processes(ctx, study)
+    elif ctx.spec.executor == "ray":
+        from core.search.ray_executor import run_on_ray
+
+        run_on_ray(ctx, study)
     else:
         trial_loop(ctx, study, on_trial)
     result = _result(ctx, study)

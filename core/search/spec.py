@@ -73,8 +73,9 @@ class SearchSpec(BaseModel):
     sampler_seed: int = 0
     study: str | None = None                                    # Optuna study name; None: the sweep's id
     pick_tolerance: float = Field(PICK_TOLERANCE, ge=0.0, le=1.0)
-    executor: Literal["local", "processes"] = "local"          # where trials run (not part of the study)
-    workers: int = Field(1, ge=1, le=64, description="worker processes for the processes executor")
+    executor: Literal["local", "processes", "ray"] = "local"   # where trials run (not part of the study)
+    workers: int = Field(1, ge=1, le=64, description="trials at once: worker processes, or Ray trials in flight")
+    ray_address: str | None = None                              # an existing Ray cluster; None: RAY_ADDRESS or a local Ray
 
     @property
     def dimensions(self) -> list[Dimension]:
@@ -117,13 +118,15 @@ class SearchSpec(BaseModel):
             args += ["--study", self.study]
         if self.executor != "local":
             args += ["--executor", self.executor, "--workers", str(self.workers)]
+        if self.ray_address:
+            args += ["--ray-address", self.ray_address]
         return args
 
 
 def make_spec(base: RunConfig, *, search: str, space: list[Dimension], trials: int | None = None,
               objectives: str | list[str] = "val_acc", prune: str = "none", seeds: int | None = None,
               sampler_seed: int = 0, study: str | None = None, executor: str = "local",
-              workers: int | None = None) -> SearchSpec:
+              workers: int | None = None, ray_address: str | None = None) -> SearchSpec:
     """A checked SearchSpec: every bad input is a ConfigError naming the option and the fix."""
     if search not in SEARCHES:
         raise ConfigError("--search", f"unknown search '{search}'", f"use one of: {', '.join(SEARCHES)}")
@@ -156,11 +159,14 @@ def make_spec(base: RunConfig, *, search: str, space: list[Dimension], trials: i
     if study is not None and not study.strip():
         raise ConfigError("--study", "the study name is empty", "give a name, or leave --study out")
     workers = check_executor(executor, workers)
+    if ray_address is not None and executor != "ray":
+        raise ConfigError("--ray-address", "a Ray address is only used by --executor ray", "add --executor ray")
     return SearchSpec(search=search, trials=trials, space=space_json(space), objectives=names, prune=prune,
-                      seeds=seeds, sampler_seed=sampler_seed, study=study, executor=executor, workers=workers)
+                      seeds=seeds, sampler_seed=sampler_seed, study=study, executor=executor, workers=workers,
+                      ray_address=ray_address)
 
 
-EXECUTORS = ("local", "processes")
+EXECUTORS = ("local", "processes", "ray")
 
 
 def check_executor(executor: str, workers: int | None) -> int:
@@ -169,8 +175,13 @@ def check_executor(executor: str, workers: int | None) -> int:
     import os
 
     if executor not in EXECUTORS:
-        hint = " (a Ray cluster is not supported yet)" if executor == "ray" else ""
-        raise ConfigError("--executor", f"unknown executor '{executor}'{hint}", f"use one of: {', '.join(EXECUTORS)}")
+        raise ConfigError("--executor", f"unknown executor '{executor}'", f"use one of: {', '.join(EXECUTORS)}")
+    if executor == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise ConfigError("--executor", "ray is not installed", "pip install 'kdlab[ray]' (or use --executor "
+                              "processes on this machine)")
     if executor == "local":
         if workers not in (None, 1):
             raise ConfigError("--workers", "the local executor runs one trial at a time",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -64,6 +65,9 @@ class SweepContext:
     shutting_down: Callable[[], bool] = lambda: False
     study_name: str = ""
     store_url: str = ""                   # the study's Optuna storage
+    # A lock on a folder other processes of the search may train into at the same time (worker
+    # processes: two trials of one point, or two trials sharing a scratch twin); none for one process.
+    folder_lock: Callable[[Path], AbstractContextManager] = lambda path: nullcontext()
     teachings: dict[tuple[str, str, int], Teaching] = field(default_factory=dict)
     scratch: dict[str, list[StudentRun]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -218,21 +222,24 @@ def _train(ctx: SweepContext, cfg: RunConfig, point: dict[str, Any], folder: Pat
     teaching = _teaching(ctx, cfg, scheme)
     fingerprint = folder.name
     kd_runs: list[StudentRun] = []
-    for s in range(cfg.student.seeds):
-        try:
-            kd_runs.append(train_student(cfg, prep.data, "kd", s, folder, bus, token, teaching,
-                                         fingerprint=fingerprint))
-        except Cancelled:
-            if reporter.pruned_at is not None and not ctx.cancel.cancelled:
-                bus.emit(Event("info", "trial", message=f"pruned after epoch {reporter.pruned_at}: its val "
-                               "accuracy is behind the other trials' at that epoch"))
-                raise Pruned() from None
-            raise
+    with ctx.folder_lock(folder.parent / f"{folder.name}.lock"):  # a second trial of this point restores these
+        for s in range(cfg.student.seeds):
+            try:
+                kd_runs.append(train_student(cfg, prep.data, "kd", s, folder, bus, token, teaching,
+                                             fingerprint=fingerprint))
+            except Cancelled:
+                if reporter.pruned_at is not None and not ctx.cancel.cancelled:
+                    bus.emit(Event("info", "trial", message=f"pruned after epoch {reporter.pruned_at}: its val "
+                                   "accuracy is behind the other trials' at that epoch"))
+                    raise Pruned() from None
+                raise
     key = _scratch_key(cfg, teaching.views is not None)
     shared = ctx.scratch.setdefault(key, [])
-    for s in range(len(shared), cfg.student.seeds):  # scratch twins: once per student setting, for all trials
-        shared.append(train_student(cfg, prep.data, "scratch", s, ctx.out / "scratch" / key, bus, token, teaching,
-                                    fingerprint=key))
+    home = ctx.out / "scratch" / key
+    home.parent.mkdir(parents=True, exist_ok=True)
+    with ctx.folder_lock(home.parent / f"{key}.lock"):  # scratch twins: once per student setting, for all trials
+        for s in range(len(shared), cfg.student.seeds):
+            shared.append(train_student(cfg, prep.data, "scratch", s, home, bus, token, teaching, fingerprint=key))
     scratch_runs = shared[:cfg.student.seeds]
     outcome.row, outcome.values, outcome.val_acc_std = _results(ctx, prep, cfg, point, folder, scheme, teaching,
                                                                  kd_runs, scratch_runs, time.time() - started)

@@ -72,7 +72,8 @@ def run_in_processes(ctx: SweepContext, study: optuna.Study) -> None:
     mp = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch threads or sqlite handles
     args = dict(base=ctx.prep.cfg.to_dict(), spec=spec.model_dump(mode="json"), out=str(ctx.out),
                 data_dir=str(ctx.store.data_dir), sweep_id=ctx.sweep_id, study=study.study_name,
-                storage=ctx.store_url, threads=threads_per_worker(spec.workers), source=ctx.source)
+                storage=ctx.store_url, threads=threads_per_worker(spec.workers), source=ctx.source,
+                shared=shared_with_workers(ctx))
     logs = ctx.out / "workers"
     logs.mkdir(exist_ok=True)
 
@@ -118,6 +119,21 @@ def run_in_processes(ctx: SweepContext, study: optuna.Study) -> None:
                          f"see their logs in {logs}, or run with --executor local")
 
 
+def shared_with_workers(ctx: SweepContext) -> dict[str, Any]:
+    """What the parent measured once and every worker reuses (small, picklable: entries and costs).
+
+    The fitted combiners themselves are refitted in each worker, but only the schemes its trials can
+    learn from: the base config's, the values an `ensemble.scheme` dimension takes, and the fallback.
+    """
+    from core.search.trial import FALLBACK_SCHEME
+
+    schemes = {ctx.prep.cfg.ensemble.scheme, FALLBACK_SCHEME}
+    for dim in ctx.spec.dimensions:
+        if dim.field == "ensemble.scheme":
+            schemes |= set(dim.choices or ())
+    return {"ensembles": [e.model_dump() for e in ctx.ensembles], "costs": ctx.costs, "schemes": sorted(schemes)}
+
+
 def _signal(proc: Any, sig: int) -> None:
     try:
         os.kill(proc.pid, sig)
@@ -140,7 +156,7 @@ def _report(ctx: SweepContext) -> None:
 
 
 def worker_main(*, base: dict[str, Any], spec: dict[str, Any], out: str, data_dir: str, sweep_id: str, study: str,
-                storage: str, threads: int, source: str, index: int, log_file: str) -> None:
+                storage: str, threads: int, source: str, shared: dict[str, Any], index: int, log_file: str) -> None:
     """One worker process: restore the teachers, then ask-train-tell on the shared study until the budget is spent."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     handler = logging.FileHandler(log_file)
@@ -151,7 +167,7 @@ def worker_main(*, base: dict[str, Any], spec: dict[str, Any], out: str, data_di
     signal.signal(signal.SIGUSR1, lambda *_: cancel.cancel(shutdown=True))
     try:
         _work(base, SearchSpec.model_validate(spec), Path(out), data_dir, sweep_id, study, storage, threads, source,
-              index, cancel)
+              shared, index, cancel)
     except Cancelled:
         sys.exit(EXIT_INTERRUPTED if cancel.shutdown else EXIT_CANCELLED)
     except KdlabError as err:
@@ -160,12 +176,13 @@ def worker_main(*, base: dict[str, Any], spec: dict[str, Any], out: str, data_di
 
 
 def _work(base: dict[str, Any], spec: SearchSpec, out: Path, data_dir: str, sweep_id: str, study_name: str,
-          storage: str, threads: int, source: str, index: int, cancel: CancelToken) -> None:
+          storage: str, threads: int, source: str, shared: dict[str, Any], index: int, cancel: CancelToken) -> None:
     import torch
 
     from core import config as config_mod
     from core.pipeline import JsonlWriter
     from core.prepare import prepare
+    from core.results import EnsembleEntry
     from core.search.engine import build_context, trial_loop
     from core.search.study import make_pruner, make_sampler
     from core.store import Heartbeat, RunStore
@@ -186,7 +203,9 @@ def _work(base: dict[str, Any], spec: SearchSpec, out: Path, data_dir: str, swee
     try:
         prep = prepare(cfg, out)
         ctx = build_context(prep, spec, out, sweep_id, store, beats, source, events, cancel, lambda: cancel.shutdown,
-                            study_name=study_name)
+                            study_name=study_name,
+                            shared={**shared, "ensembles": [EnsembleEntry(**e) for e in shared["ensembles"]]})
+        ctx.folder_lock = FolderLock  # other workers may train the same point or scratch twin at the same time
         trial_loop(ctx, study, lock=FolderLock(out / ".trials.lock"))
     finally:
         writer.close()
