@@ -169,10 +169,6 @@ def _search(ctx: SweepContext, study: optuna.Study, on_trial: Callable[[TrialOut
         from core.search.workers import run_in_processes
 
         run_in_processes(ctx, study)
-    elif ctx.spec.executor == "ray":
-        from core.search.ray_executor import run_on_ray
-
-        run_on_ray(ctx, study)
     else:
         trial_loop(ctx, study, on_trial)
     result = _result(ctx, study)

@@ -177,11 +177,8 @@ def check_executor(executor: str, workers: int | None) -> int:
     if executor not in EXECUTORS:
         raise ConfigError("--executor", f"unknown executor '{executor}'", f"use one of: {', '.join(EXECUTORS)}")
     if executor == "ray":
-        import importlib.util
-
-        if importlib.util.find_spec("ray") is None:
-            raise ConfigError("--executor", "ray is not installed", "pip install 'kdlab[ray]' (or use --executor "
-                              "processes on this machine)")
+        raise ConfigError("--executor", "the ray executor is not available in this kdlab yet",
+                          "use --executor processes --workers K on this machine")
     if executor == "local":
         if workers not in (None, 1):
             raise ConfigError("--workers", "the local executor runs one trial at a time",
