@@ -216,6 +216,8 @@ def test_export_from_tradeoff_then_download_the_zip(server, page, tmp_path):
     # The Trade-off plot now has the shipped runtimes as points.
     _goto(page, server, "tradeoff")
     page.wait_for_selector(".js-plotly-plot")
+    # The caption is drawn after both charts: wait for it, then count (count() itself does not wait).
+    page.get_by_text("'shipped' points").first.wait_for(timeout=30_000)
     assert page.get_by_text("'shipped' points").count() == 1
 
 
