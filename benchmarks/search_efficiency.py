@@ -85,6 +85,7 @@ class Search:
     values: list[float | None]        # val accuracy per trial in trial order; None: pruned or failed
     points: list[tuple]               # the point of each trial (in space order)
     states: list[str]
+    repeats: int                      # proposals of finished points (not trials: nothing trained)
     epochs: int                       # student epochs trained (KD and scratch), all trials
     seconds: float
 
@@ -108,11 +109,14 @@ def search(base, store: RunStore, out: Path, label: str, fields: list[str], **sp
     started = time.perf_counter()
     result: SweepResult = run_search(base, spec, out, store=store, events=EventBus(TrialLog(label)))
     seconds = time.perf_counter() - started
-    trials = sorted(result.trials, key=lambda t: t.number)
+    # A repeat (a proposal of a point already finished, told that result) trains nothing and spends no
+    # budget: the trials counted are the ones that trained, in the order they did.
+    repeats = sum(t.state == "repeat" for t in result.trials)
+    trials = sorted((t for t in result.trials if t.state != "repeat"), key=lambda t: t.number)
     s = Search(label=label, values=[t.values["val_acc"] if t.values else None for t in trials],
                points=[tuple(t.params[f] for f in fields) for t in trials], states=[t.state for t in trials],
-               epochs=sum(t.epochs for t in trials), seconds=seconds)
-    progress(f"{label}: done in {seconds:.0f} s; per trial: " + ", ".join(
+               epochs=sum(t.epochs for t in trials), seconds=seconds, repeats=repeats)
+    progress(f"{label}: done in {seconds:.0f} s; {repeats} repeat(s) told earlier results; per trial: " + ", ".join(
         f"{t.state} {fmt_acc(t.values['val_acc'] if t.values else None)} ({t.epochs} ep)" for t in trials))
     return s
 
@@ -215,12 +219,12 @@ def main() -> None:
         f"{'/'.join(f'{v:g}' for v in p)} {v:.4f}" for p, v in sorted(value.items(), key=lambda kv: -kv[1])))
     print(f"a uniform draw hits one of those {near} points with p = {near / n_grid:.3f}; {trials} independent "
           f"draws hit one with p = {1 - (1 - near / n_grid) ** trials:.2f}")
-    print("\n| sampler seed | TPE trials to target | TPE best val | TPE distinct points | random trials to target "
-          "| random best val | random distinct points |")
+    print("\n| sampler seed | TPE trials to target | TPE best val | TPE distinct points (repeats told) | random "
+          "trials to target | random best val | random distinct points (repeats told) |")
     print("|---|---|---|---|---|---|---|")
     for s, t, r in zip(sampler_seeds, replays["tpe"], replays["random"]):
-        print(f"| {s} | {fmt_trials(t.trials_to(target), trials)} | {fmt_acc(t.best)} | {len(set(t.points))} | "
-              f"{fmt_trials(r.trials_to(target), trials)} | {fmt_acc(r.best)} | {len(set(r.points))} |")
+        print(f"| {s} | {fmt_trials(t.trials_to(target), trials)} | {fmt_acc(t.best)} | {len(set(t.points))} ({t.repeats}) | "
+              f"{fmt_trials(r.trials_to(target), trials)} | {fmt_acc(r.best)} | {len(set(r.points))} ({r.repeats}) |")
     med = {a: statistics.median([x.trials_to(target) for x in rs]) for a, rs in replays.items()}
     med_best = {a: statistics.median([x.best for x in rs]) for a, rs in replays.items()}
     reached = {a: sum(not math.isinf(x.trials_to(target)) for x in rs) for a, rs in replays.items()}

@@ -110,6 +110,30 @@ def test_the_cli_lists_sweeps_and_their_trials_are_runs(tmp_path):
     assert (store_dir / OPTUNA_DB).is_file()
 
 
+def test_a_proposal_of_a_finished_point_reuses_its_result_and_spends_no_budget(tmp_path):
+    # TPE with sampler seed 1 proposes T=4 for its first three trials on this two-point space: the
+    # repeats are told the first result, nothing trains for them, and the search ends once both
+    # points finished (before its budget of 3) instead of spending trials on nothing new.
+    base = tiny()
+    spec = spec_of(base, "tpe", "distill.temperature=1,4", trials=3, sampler_seed=1)
+    out = tmp_path / "sweep-r"
+    with RunStore(tmp_path) as store:
+        epochs = Epochs()
+        result = run_search(base, spec, out, store=store, events=EventBus(epochs))
+        runs = store.trials(store.find_sweep_by_dir(out).id)
+    repeats = [t for t in result.trials if t.state == "repeat"]
+    finished = {t.number: t for t in result.trials if t.state == "finished"}
+    assert repeats, [(t.params, t.state) for t in result.trials]
+    assert len(finished) == len(runs) == len(result.rows) == 2  # each point trained once, one run row each
+    assert sorted(r.value("distill.temperature") for r in result.rows) == [1, 4]
+    first = {tuple(t.params.items()): t for t in sorted(finished.values(), key=lambda t: -t.number)}
+    for t in repeats:
+        assert t.run_id is None and t.epochs == 0 and t.values == first[tuple(t.params.items())].values
+    assert epochs.by_source.get("student/kd-r1/s0", 0) == 2 * 2  # two points of 2 epochs (train.epochs), not more
+    assert "every point of the space has finished; the search ends before its budget" in result.warnings
+    assert read_sweep_file(out / "sweep.json").search["trials"] == 3
+
+
 def test_pruned_trials_stop_early_and_are_marked_pruned(tmp_path):
     # Four epochs per student; learning rates from hopeless (1e-5) to good: the pruner stops the slow ones.
     base = tiny("student.epochs=4")

@@ -45,18 +45,20 @@ def test_worker_processes_give_the_local_results_for_the_same_seeds(tmp_path):
 
     base = tiny()
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # the workers' thread count (2 cores // 2 workers): the same float sums
+    # One thread everywhere: the workers' count (2 cores // 2 workers) for the students, and for the
+    # teachers, which both searches train in this process (float sums depend on the thread count).
+    torch.set_num_threads(1)
     try:
         with RunStore(tmp_path / "local") as store:
             local = run_search(base, make_spec(base, search="grid", space=GRID), tmp_path / "local" / "sweep",
                                store=store)
+        spec = make_spec(base, search="grid", space=GRID, executor="processes", workers=2)
+        with RunStore(tmp_path / "par") as store:
+            parallel = run_search(base, spec, tmp_path / "par" / "sweep", store=store)
+            trials = store.trials(store.find_sweep_by_dir(tmp_path / "par" / "sweep").id)
+            sweep = store.find_sweep_by_dir(tmp_path / "par" / "sweep")
     finally:
         torch.set_num_threads(previous)
-    spec = make_spec(base, search="grid", space=GRID, executor="processes", workers=2)
-    with RunStore(tmp_path / "par") as store:
-        parallel = run_search(base, spec, tmp_path / "par" / "sweep", store=store)
-        trials = store.trials(store.find_sweep_by_dir(tmp_path / "par" / "sweep").id)
-        sweep = store.find_sweep_by_dir(tmp_path / "par" / "sweep")
     assert sweep.status == RunStatus.DONE and len(trials) == 4 and {t.status for t in trials} == {RunStatus.DONE}
     assert os.getpid() not in {t.pid for t in trials} and len({t.pid for t in trials}) == 2  # two workers ran them
     by_point = {r.point: r for r in local.rows}

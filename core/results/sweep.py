@@ -61,7 +61,8 @@ class SweepRow(BaseModel):
         return self.model_dump(mode="json")
 
 
-TrialState = Literal["finished", "pruned", "failed", "running", "waiting", "cancelled", "interrupted"]
+# 'repeat': a proposal of a point that had finished, told that trial's result (nothing trained).
+TrialState = Literal["finished", "pruned", "failed", "running", "waiting", "cancelled", "interrupted", "repeat"]
 
 
 class TrialSummary(Entry):

@@ -18,6 +18,10 @@ from core.search.trial import SweepContext
 log = logging.getLogger(__name__)
 
 RUN_ATTR = "run_id"  # Optuna user attribute: the trial's run row
+REPEAT_ATTR = "repeat_of"  # Optuna user attribute: the earlier trial whose point (and result) this one repeats
+# A sampler that proposes only finished points this many times in a row has nothing new left to try
+# (TPE on a small categorical space converges); the search ends rather than asking forever.
+MAX_REPEATS_IN_A_ROW = 50
 
 
 def tell(study: optuna.Study, trial: optuna.Trial | int, **kwargs) -> None:
@@ -55,11 +59,46 @@ def stopped(trial: optuna.trial.FrozenTrial, statuses: dict[str, RunStatus]) -> 
 
 
 def spent(study: optuna.Study, statuses: dict[str, RunStatus]) -> int:
-    """Trials that spent the budget: finished, pruned, or failed on their own (a retried one counts once, as its retry)."""
+    """Trials that spent the budget: finished, pruned, or failed on their own (a retried one counts once,
+    as its retry); a repeat of a finished point trains nothing and spends nothing."""
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
-    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) or
-               (t.state == TrialState.FAIL and not stopped(t, statuses) and t.number not in retried) for t in trials)
+    return sum(REPEAT_ATTR not in t.user_attrs and (
+        t.state in (TrialState.COMPLETE, TrialState.PRUNED) or
+        (t.state == TrialState.FAIL and not stopped(t, statuses) and t.number not in retried)) for t in trials)
+
+
+def finished_point(study: optuna.Study, params: dict) -> optuna.trial.FrozenTrial | None:
+    """The earlier finished trial of exactly this point, if any.
+
+    Samplers propose a point again (TPE often does on a categorical space, optuna issue #2021): its
+    students are already trained in the point's folder, so training it again would cost nothing but
+    would spend a trial of the budget on nothing new. The search tells Optuna the earlier result
+    instead (so the sampler still learns from it) and asks again.
+    """
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if REPEAT_ATTR not in t.user_attrs and t.params == params:
+            return t
+    return None
+
+
+def points_in_space(dims) -> int | None:
+    """How many distinct points a space has: a product of choice counts, None with any range."""
+    n = 1
+    for d in dims:
+        if d.choices is None:
+            return None
+        n *= len(d.choices)
+    return n
+
+
+def exhausted(study: optuna.Study, dims) -> bool:
+    """Every point of a finite space has finished: nothing is left to learn from another trial."""
+    n = points_in_space(dims)
+    if n is None:
+        return False
+    done = {tuple(sorted(t.params.items())) for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    return len(done) >= n
 
 
 def retry_stopped(ctx: SweepContext, study: optuna.Study, *, dead_only: bool = False) -> int:

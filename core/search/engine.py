@@ -32,7 +32,8 @@ from core.runlog import log_event, run_log
 from core.search.rows import SweepResult, pick_row, write_sweep_files
 from core.search.spec import SearchSpec
 from core.search.study import distributions, open_study, storage_url, trial_state_name
-from core.search.budget import RUN_ATTR, retry_stopped, spent, stopped, tell, trial_statuses
+from core.search.budget import (MAX_REPEATS_IN_A_ROW, REPEAT_ATTR, RUN_ATTR, exhausted, finished_point,
+                                retry_stopped, spent, stopped, tell, trial_statuses)
 from core.search.trial import SweepContext, TrialOutcome, claim_trial, run_trial
 from core.stages import ensemble_stage, teacher_costs, teacher_stage
 from core.store import Heartbeat, RunStore, StoreError, new_run_id
@@ -185,17 +186,24 @@ def trial_loop(ctx: SweepContext, study: optuna.Study, on_trial: Callable[[Trial
     spec = ctx.spec
     guard = lock if lock is not None else nullcontext()
     dists = distributions(spec)
+    repeats = 0  # proposals in a row of points already finished
     while True:
         with guard:
             if lock is not None:  # a worker that died left its trial running: retried by a live one
                 retry_stopped(ctx, study, dead_only=True)
             done = spent(study, trial_statuses(ctx))
             running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-            if done + running >= spec.trials:
+            if done + running >= spec.trials or _nothing_new(ctx, study, repeats):
                 return
             ctx.cancel.check()
             trial = study.ask(dists)
             point = {d.field: trial.params[d.field] for d in spec.dimensions}
+            earlier = None if RUN_ATTR in trial.user_attrs else finished_point(study, trial.params)
+            if earlier is not None:  # a retry (RUN_ATTR set) is never a repeat: it has not finished
+                _tell_repeat(ctx, study, trial, earlier)
+                repeats += 1
+                continue
+            repeats = 0
             try:
                 run_id = claim_trial(ctx, trial, point, trial.user_attrs.get(RUN_ATTR))
             except BaseException:
@@ -224,6 +232,31 @@ def trial_loop(ctx: SweepContext, study: optuna.Study, on_trial: Callable[[Trial
             on_trial(outcome)
 
 
+def _tell_repeat(ctx: SweepContext, study: optuna.Study, trial: optuna.Trial, earlier) -> None:
+    """A proposal of a finished point: Optuna is told the earlier result (nothing trains, no budget is spent)."""
+    trial.set_user_attr(REPEAT_ATTR, earlier.number)
+    if "val_acc_std" in earlier.user_attrs:
+        trial.set_user_attr("val_acc_std", earlier.user_attrs["val_acc_std"])
+    tell(study, trial, values=earlier.values)
+    log.info("sweep %s: trial %d proposes trial %d's point again; its result is reused and the budget "
+             "is not spent", ctx.sweep_id, trial.number, earlier.number)
+
+
+def _nothing_new(ctx: SweepContext, study: optuna.Study, repeats: int) -> bool:
+    """The search ends before its budget: every point of a finite space finished, or the sampler only repeats."""
+    if exhausted(study, ctx.spec.dimensions):
+        message = "every point of the space has finished; the search ends before its budget"
+    elif repeats >= MAX_REPEATS_IN_A_ROW:
+        message = (f"the sampler proposed only finished points {repeats} times in a row; "
+                   "the search ends before its budget")
+    else:
+        return False
+    if message not in ctx.warnings:
+        ctx.warnings.append(message)
+    ctx.events.emit(Event("info", "sweep", message=message))
+    return True
+
+
 def _result(ctx: SweepContext, study: optuna.Study) -> SweepResult:
     """The sweep's rows and trial summaries, rebuilt from the study (so a resumed sweep reports every trial)."""
     spec = ctx.spec
@@ -232,7 +265,7 @@ def _result(ctx: SweepContext, study: optuna.Study) -> SweepResult:
     retried = {t.user_attrs.get("retry_of") for t in trials}
     pareto: set[int] = set()
     if spec.multi_objective and any(t.state == TrialState.COMPLETE for t in trials):
-        pareto = {t.number for t in study.best_trials}
+        pareto = {t.number for t in study.best_trials if REPEAT_ATTR not in t.user_attrs}
     rows: list[SweepRow] = []
     summaries: list[TrialSummary] = []
     for t in sorted(trials, key=lambda t: t.number):
@@ -240,7 +273,9 @@ def _result(ctx: SweepContext, study: optuna.Study) -> SweepResult:
             row = SweepRow.model_validate(t.user_attrs[ROW_ATTR])
             rows.append(row.model_copy(update={"trial": t.number, "run_id": t.user_attrs.get(RUN_ATTR)}))
         state = trial_state_name(t.state)
-        if t.state == TrialState.FAIL and (stopped(t, statuses) or t.number in retried):
+        if REPEAT_ATTR in t.user_attrs:
+            state = "repeat"  # told the earlier trial's result; trained nothing
+        elif t.state == TrialState.FAIL and (stopped(t, statuses) or t.number in retried):
             state = "cancelled" if statuses.get(t.user_attrs.get(RUN_ATTR, "")) == RunStatus.CANCELLED \
                 else "interrupted"  # stopped, and retried (or to be) with the same values
         steps = t.intermediate_values

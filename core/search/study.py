@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 
 from core.errors import ConfigError
@@ -29,9 +30,23 @@ def storage_url(data_dir: Path) -> str:
     return f"sqlite:///{(Path(data_dir) / OPTUNA_DB).absolute()}"
 
 
-def make_sampler(spec: SearchSpec) -> optuna.samplers.BaseSampler:
-    """Optuna's sampler for `spec.search`, seeded with `spec.sampler_seed`."""
-    seed = spec.sampler_seed
+def sampler_seed(spec: SearchSpec, *, worker: int = 0, resumed_at: int = 0) -> int:
+    """The seed of one sampler of a study: `spec.sampler_seed`, or a stream of its own for a worker
+    process (`worker` 1..K) or for a study resumed after `resumed_at` trials.
+
+    Optuna keeps no sampler state in its storage: a Random, TPE or NSGA-II sampler made again with
+    the same seed replays its stream from the start, so two workers, or a resumed search, would
+    propose the points already tried. GridSampler is the other way round: its seed shuffles the grid
+    that grid ids index, so every sampler of a grid study shares it (Optuna's docs say so).
+    """
+    if spec.search == "grid" or (worker == 0 and resumed_at == 0):
+        return spec.sampler_seed
+    return int(np.random.SeedSequence([spec.sampler_seed, worker, resumed_at]).generate_state(1)[0])
+
+
+def make_sampler(spec: SearchSpec, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """Optuna's sampler for `spec.search`, seeded with `seed` (default `spec.sampler_seed`)."""
+    seed = spec.sampler_seed if seed is None else seed
     if spec.search == "grid":
         return optuna.samplers.GridSampler(grid_search_space(spec.dimensions), seed=seed)
     if spec.search == "random":
@@ -70,7 +85,9 @@ def open_study(spec: SearchSpec, storage: str, name: str) -> optuna.Study:
             raise ConfigError("--study", f"a study named '{name}' exists with another space, objectives or seeds",
                               "give another --study name (or another --out folder), or repeat that study's "
                               "--space/--objective/--seeds")
-    study = optuna.create_study(study_name=name, storage=storage, sampler=make_sampler(spec),
+    resumed_at = len(existing.get_trials(deepcopy=False)) if existing is not None else 0
+    sampler = make_sampler(spec, sampler_seed(spec, resumed_at=resumed_at))
+    study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
                                 pruner=make_pruner(spec), directions=spec.directions, load_if_exists=True)
     if existing is None:
         study.set_user_attr(SPACE_ATTR, key)

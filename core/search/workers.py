@@ -184,17 +184,15 @@ def _work(base: dict[str, Any], spec: SearchSpec, out: Path, data_dir: str, swee
     from core.prepare import prepare
     from core.results import EnsembleEntry
     from core.search.engine import build_context, trial_loop
-    from core.search.study import make_pruner, make_sampler
+    from core.search.study import make_pruner, make_sampler, sampler_seed
     from core.store import Heartbeat, RunStore
     from core.train import EventBus
 
     torch.set_num_threads(threads)
     cfg = config_mod.validate(base)
-    # Random, TPE and NSGA-II draw from a stream per worker: with one seed, two workers would ask for the
-    # same point. GridSampler is the other way round: its seed shuffles the grid that grid ids index, so
-    # every worker must share it (Optuna's docs say so for distributed grids).
-    seed = spec.sampler_seed if spec.search == "grid" else spec.sampler_seed * 1000 + index + 1
-    sampler = make_sampler(spec.model_copy(update={"sampler_seed": seed}))
+    # A stream of its own per worker (and per resume): with one seed, two workers would ask for the same point.
+    trials_so_far = len(optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False))
+    sampler = make_sampler(spec, sampler_seed(spec, worker=index + 1, resumed_at=trials_so_far))
     study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=make_pruner(spec))
     store = RunStore(data_dir)
     beats = Heartbeat(store)

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 # One colour per trial state on every search figure (kdlab's names, core.search.study.trial_state_name).
 STATE_COLOURS = {"finished": KIND_COLOURS["student kd"], "pruned": "#ff7f0e", "failed": "#d62728",
                  "cancelled": "#7f7f7f", "interrupted": "#7f7f7f", "running": KIND_COLOURS["teacher"],
-                 "waiting": "#bcbd22"}
+                 "waiting": "#bcbd22", "repeat": "#c7c7c7"}
 PICK_MARKER = dict(symbol="star", size=18, color="#ffbf00", line=dict(color="black", width=1))
 LINE_SCALE = "Viridis"  # parallel coordinates: dark = low val accuracy, yellow = high, visible on white
 COST_LABELS = {"latency_ms": "student latency (ms, batch 1)", "params": "student parameters"}
