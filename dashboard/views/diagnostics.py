@@ -33,9 +33,12 @@ if outputs is None:
     st.caption("Per-example outputs (test_outputs.safetensors) are missing for this run.")
     st.stop()
 members = [t.name for t in results.teachers]
-if "weights/uncertainty" in outputs:
-    st.plotly_chart(figures.weights_histogram(outputs["weights/uncertainty"], members), width="stretch",
-                    key="weights_hist")
+# One histogram per scheme with per-example member weights (weights/uncertainty, weights/bradley_terry, ...).
+for key in (k for k in outputs if k.startswith("weights/")):
+    scheme = key.removeprefix("weights/")
+    fig = figures.weights_histogram(outputs[key], members)
+    fig.update_layout(title=f"{scheme}: {fig.layout.title.text}" if fig.layout.title.text else scheme)
+    st.plotly_chart(fig, width="stretch", key=f"weights_hist_{scheme}")
 teacher_keys = [k for k in outputs if k.startswith("teacher/")]
 probs = {k.removeprefix("teacher/"): figures.softmax(outputs[k][outputs["gallery/index"]]) for k in teacher_keys}
 class_names = results.class_names or [str(i) for i in range(results.dataset.num_classes)]

@@ -98,6 +98,26 @@ if centroid.open:
         diversity = -math.log(math.prod(p ** (1 / 3) for p in probs) + math.prod((1 - p) ** (1 / 3) for p in probs))
         st.markdown(f"If the label is A: ensemble loss $-\\log \\bar q_A$ = **{-math.log(g):.3f}** nats = "
                     f"average member loss {member_loss:.3f} − diversity {diversity:.3f}.")
+        st.markdown(
+            "**Other combiners** (`ensemble.scheme`; Setup shows each one's formula):\n\n"
+            "| scheme | when it helps |\n|---|---|\n"
+            "| mean_logit | the default: the cross-entropy centroid above |\n"
+            "| mean_prob | the Brier centroid; keeps more mass on classes only some members like |\n"
+            "| vote | hard labels only; for comparison |\n"
+            "| learned | members of unequal quality: one weight each, fitted on val |\n"
+            "| uncertainty | members sure on some examples and unsure on others: per-example weights |\n"
+            "| stacking | enough val data to learn class-by-class corrections |\n"
+            "| bradley_terry | members sure about different pairs of classes: weights per example and class pair |")
+        st.markdown("**Bradley-Terry.** A member's probabilities are a vote on every pair of classes, "
+                    "$q_{ij} = p_i / (p_i + p_j)$. Each vote counts by the inverse variance of its Beta "
+                    "posterior, the votes are averaged per pair, and the strengths $s$ that best explain "
+                    "the averaged votes are the ensemble's probabilities:")
+        st.latex(r"P_{ij} = \sum_m w_{mij}\, q_{mij}, \quad "
+                 r"w_{mij} \propto 1 / \operatorname{Var} \mathrm{Beta}(c\, q_{mij} + 1,\; c\,(1 - q_{mij}) + 1), "
+                 r"\quad s = \arg\max_s \sum_{i \ne j} P_{ij} \log \frac{s_i}{s_i + s_j}")
+        st.markdown("One member gives back its own probabilities ($q_{ij}$ is already a Bradley-Terry "
+                    "preference with strengths $p$). The concentration $c$ is fitted on val; $c = 0$ counts "
+                    "every vote the same, a large $c$ lets near-certain votes dominate.")
 
 if distill.open:
     with distill:
