@@ -109,6 +109,9 @@ def _print_results(results: Any, out: Path, warnings_shown: int) -> None:
         click.echo(f"\nstudent/teacher params {res.summary.student_to_teacher_params:.2f}x; distilled from "
                    f"ensemble/{res.summary.target_scheme} ({teaching}); gain recovery "
                    f"{res.summary.gain_recovery.text()}")
+    if res.teacher_budget is not None and res.teacher_budget.shown:
+        from core.report import format_budget_table
+        click.echo("\n" + format_budget_table(res.teacher_budget))
     click.echo(res.diagnostics.decomposition_text() if res.diagnostics is not None else "diagnostics: not computed")
     for warning in res.warnings[warnings_shown:]:
         click.echo(f"warning: {warning}", err=True)

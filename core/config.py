@@ -44,6 +44,9 @@ class DataConfig(_Strict):
     num_workers: int = Field(2, ge=0, le=64, description="DataLoader workers when streaming.")
     limit: int | None = Field(None, ge=10, description="Use at most this many images of the pool "
                               "(quick trials).")
+    train_fraction: float = Field(1.0, gt=0.0, le=1.0, description="Share of the train split kept "
+                                  "(stratified; val and test unchanged; a smaller share keeps a subset of a "
+                                  "larger one's images). For learning curves; 1 = all of it.")
     # shapes only
     num_classes: int = Field(4, ge=2, le=100, description="shapes: number of classes.")
     count: int = Field(600, ge=20, le=1_000_000, description="shapes: number of images in total.")
@@ -92,7 +95,7 @@ class StudentConfig(_Strict):
 
 class EnsembleConfig(_Strict):
     scheme: str = Field("mean_logit", description="How members are combined: mean_logit, mean_prob, "
-                        "vote, learned, uncertainty or stacking.")
+                        "vote, learned, uncertainty, stacking or bradley_terry.")
     draws: Literal["seeds", "bootstrap"] = Field(
         "seeds", description="How the draws of one teacher (teachers.*.seeds) differ: 'seeds' (initial "
         "weights and batch order) or 'bootstrap' (each draw also trains on a resample of the train split, "
@@ -106,6 +109,10 @@ class DistillConfig(_Strict):
                          "goes to hard-label cross-entropy.")
     loss: str = Field("hinton", description="Distillation loss.")
     rounds: int = Field(1, ge=1, le=10, description="Residual re-weighting rounds.")
+    teacher_budget: float = Field(1.0, gt=0, le=1, description="Share of train examples the teachers are "
+                                  "queried on per round: round 1 a stratified random draw, each later round "
+                                  "as many more where the student's residual is largest; the others train on "
+                                  "hard labels (1 = every example, as without a budget).")
     teaching: Literal["cached", "views", "live"] = Field(
         "views", description="Where the student's target comes from: 'cached' (teachers' logits on the "
         "plain train images), 'views' (cached per augmentation view, so the student sees the view its "
@@ -130,6 +137,10 @@ class TrainConfig(_Strict):
     compile: bool = Field(False, description="torch.compile the model (CUDA; pays off on long runs).")
 
 
+# Fields added after runs were first stored, with the default every earlier run had in effect.
+ADDED_LATER: dict[str, Any] = {"distill.teacher_budget": 1.0, "data.train_fraction": 1.0}
+
+
 class RunConfig(_Strict):
     name: str = Field("run", description="A short name for the run.")
     data: DataConfig = Field(default_factory=DataConfig)
@@ -150,6 +161,19 @@ class RunConfig(_Strict):
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON/YAML-ready)."""
         return json.loads(self.model_dump_json())
+
+    def identity(self) -> dict[str, Any]:
+        """to_dict() without the fields added after runs were first stored, where they hold their default.
+
+        What names a run's folder and checkpoints: a folder written before a field existed holds the
+        same run as the same config with that field at its default, so it still resumes.
+        """
+        out = self.to_dict()
+        for path, default in ADDED_LATER.items():
+            section, name = path.split(".")
+            if out.get(section, {}).get(name) == default:
+                del out[section][name]
+        return out
 
     def decomposition_plan(self) -> str:
         """What the diagnostics can decompose with this config, and what a full decomposition costs."""

@@ -29,9 +29,9 @@ from core.lifecycle import RunStatus, final_status
 from core.prepare import Member, Prepared, check_output_dir, config_fingerprint, prepare, teacher_spec  # noqa: F401
 from core.runlog import log_event, run_log
 from core.results import CacheCounts, DatasetInfo, DiagnosticsHeader, RunResults
-from core.stages import (GALLERY_SIZE, TrainedTeachers, comparison_stage, diagnostics_stage,  # noqa: F401
-                         ensemble_stage, save_test_outputs, student_stage, teacher_disagreement, teacher_stage,
-                         teaching_stage, train_teacher)
+from core.stages import (GALLERY_SIZE, TrainedTeachers, budget_report, comparison_stage,  # noqa: F401
+                         diagnostics_stage, ensemble_stage, save_test_outputs, student_stage, teacher_disagreement,
+                         teacher_stage, teaching_stage, train_teacher)
 from core.train import CancelToken, Event, EventBus
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,9 @@ def _run_stages(prep: Prepared, out: Path, events: EventBus, cancel: CancelToken
         results.logit_cache = CacheCounts(hits=stats.hits, misses=stats.misses)
         students = student_stage(prep, teaching, target.probs["train"], out, events, cancel)
         results.students = students.entries
+        results.teacher_budget = budget_report(teaching, prep.cfg.distill.teacher_budget, len(trained.draws),
+                                               len(prep.data.train), students.entries,
+                                               results.ensemble(scheme).test_acc)
         save("students")
 
         save_test_outputs(prep, trained, combined, students.test_logits, out / "test_outputs.safetensors")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ from core.errors import ConfigError, OutputError
 from core.folders import probe_folder
 from core.models import ModelSpec, build_model, model_card
 from core.students import student_spec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -85,9 +88,23 @@ def check_output_dir(out: Path, cfg: RunConfig) -> None:
             previous = yaml.safe_load(saved.read_text())
         except yaml.YAMLError:
             previous = None
-        if previous != cfg.to_dict():
+        if _identity(previous) != cfg.identity():
             raise OutputError("--out", f"'{out}' already holds a run with a different config",
                               "choose a new --out folder (the old run is kept)")
+
+
+def _identity(saved: Any) -> dict[str, Any] | None:
+    """A saved config.yaml's identity (RunConfig.identity), or None when it is not a valid config."""
+    from core import config as config_mod
+    from core.errors import KdlabError
+
+    if not isinstance(saved, dict):
+        return None
+    try:
+        return config_mod.validate(saved).identity()
+    except (KdlabError, ValueError) as err:
+        log.info("the saved config.yaml is not a valid config any more (%s): treated as another run", err)
+        return None
 
 
 def prepare(cfg: RunConfig, out: Path | None = None) -> Prepared:

@@ -6,7 +6,7 @@ from typing import Any, Mapping, Sequence
 
 from core.bench import Cost
 from core.evaluate import mean_std
-from core.results import ComparisonRow, EnsembleEntry, TestScores
+from core.results import BudgetReport, ComparisonRow, EnsembleEntry, TestScores
 
 # The comparison table's columns, in order (the fields of core.results.ComparisonRow).
 COLUMNS = tuple(ComparisonRow.model_fields)
@@ -39,4 +39,24 @@ def format_table(rows: Sequence[ComparisonRow | Mapping[str, Any]]) -> str:
         Column("lat ms", "latency_ms", fixed(2)),
         Column("img/s", "throughput", fixed(0)),
         Column("train s", "train_seconds", fixed(1)),
+    ])
+
+def format_budget_table(report: BudgetReport) -> str:
+    """Plain-text teacher cost per round (distill.teacher_budget): passes per student against accuracy."""
+    from core.tables import Column, fixed, text_table
+
+    def seeds(r: Mapping[str, Any]) -> int:  # the run's counts are summed over its seeds
+        return max(r["seeds"], 1)
+
+    counted = "teacher outputs used as targets" if report.counts == "targets" else "teacher forwards run"
+    head = (f"teacher budget {report.share:g}: {report.per_round} of {report.train_examples} train examples per "
+            f"round; passes = {counted}, per student")
+    return head + "\n" + text_table(report.rounds, [
+        Column("round", "round"),
+        Column("examples", "examples"),
+        Column("passes", lambda r: r["passes"] / seeds(r), fixed(0)),
+        Column("cumulative", lambda r: r["passes_cumulative"] / seeds(r), fixed(0)),
+        Column("val acc", "val_acc", fixed(4)),
+        Column("test acc", "test_acc", fixed(4)),
+        Column("recovery", "gain_recovery", fixed(2)),
     ])

@@ -21,14 +21,15 @@ from core.cache import SPLITS, CacheStats, file_hash, teacher_logits, teacher_vi
 from core.data import ViewGrid
 from core.device import precision_for
 from core.diagnostics import diagnose, group_member_major
+from core.distill.budget import budget_size
 from core.ensemble import Combined, combine, list_combiners
 from core.errors import KdlabError
 from core.evaluate import gain_recovery_over_seeds, logits_metrics, probs_metrics
 from core.models import build_model
 from core.prepare import Member, Prepared, config_fingerprint
 from core.report import row
-from core.results import (ComparisonRow, ComparisonSummary, DiagnosticsHeader, DroppedTeacher, EnsembleEntry,
-                          GainRecovery, StudentEntry, TeacherEntry)
+from core.results import (BudgetReport, BudgetRound, ComparisonRow, ComparisonSummary, DiagnosticsHeader,
+                          DroppedTeacher, EnsembleEntry, GainRecovery, StudentEntry, TeacherEntry)
 from core.students import Teaching, residual_weights, train_student
 from core.train import CancelToken, ClassificationTask, Event, EventBus, fit, predict_logits
 from core.train.checkpoint import save_weights
@@ -168,6 +169,7 @@ def teaching_stage(prep: Prepared, target: Combined, draws: list[tuple[nn.Module
             per_view = torch.stack([target.predict(views[:, v]) for v in range(grid.num_views)])
         teaching = Teaching("views", target=per_view.reshape(-1, per_view.shape[-1]), views=grid)
     teaching.seconds = time.perf_counter() - started
+    teaching.members = len(draws)
     return teaching
 
 
@@ -184,12 +186,18 @@ def student_stage(prep: Prepared, teaching: Teaching, plain_target: torch.Tensor
                   cancel: CancelToken) -> TrainedStudents:
     """Scratch and distilled students for every seed; `rounds` > 1 adds residual re-weighting rounds.
 
-    The test logits kept per seed are the scratch and last-round distilled students' (for diagnostics).
+    With distill.teacher_budget < 1 each round's students learn from the teachers on the budget's
+    examples only, and each later round queries as many more where the last student's residual is
+    largest (core.distill.budget). The test logits kept per seed are the scratch and last-round
+    distilled students' (for diagnostics).
     """
     cfg = prep.cfg
+    # teacher_budget at its default is left out, so runs from before the field resume their students.
+    distill = cfg.distill.model_dump(exclude={"teacher_budget"} if cfg.distill.teacher_budget == 1.0 else None)
     fingerprint = config_fingerprint(cfg.student.model_dump(), cfg.data.model_dump(), cfg.train.model_dump(),
-                                     cfg.distill.model_dump(), cfg.ensemble.model_dump(),
+                                     distill, cfg.ensemble.model_dump(),
                                      [m.cfg.model_dump() for m in prep.members], cfg.seed)
+    labels = prep.data.train.y.to(prep.device)
     trained = TrainedStudents()
     for s in range(cfg.student.seeds):
         scratch = train_student(cfg, prep.data, "scratch", s, out, events, cancel, teaching,
@@ -198,18 +206,47 @@ def student_stage(prep: Prepared, teaching: Teaching, plain_target: torch.Tensor
         trained.models["scratch"] = scratch.model
         trained.test_logits["scratch"].append(scratch.test_logits)
         weights = None
+        budget = teaching.budget(cfg, labels)
         for r in range(1, cfg.distill.rounds + 1):
             kd = train_student(cfg, prep.data, "kd", s, out, events, cancel, teaching, weights=weights,
-                               round_index=r, fingerprint=fingerprint)
+                               round_index=r, fingerprint=fingerprint, budget=budget)
             trained.entries.append(kd.entry)
             trained.models["kd"] = kd.model
             if r < cfg.distill.rounds:
                 train_logits, _ = predict_logits(kd.model, prep.data.batches("train", 1024, shuffle=False,
                                                                              augment=False),
                                                  prep.device, precision_for(prep.device))
-                weights = residual_weights(plain_target, train_logits)
+                budget.next_round(plain_target, train_logits)
+                # Re-weighting sees the teachers' target only where it was paid for (all of it at budget 1).
+                weights = residual_weights(budget.known_target(plain_target), train_logits)
         trained.test_logits["kd"].append(kd.test_logits)
     return trained
+
+
+def budget_report(teaching: Teaching, share: float, teachers: int, train_examples: int,
+                  students: list[StudentEntry], ensemble_acc: float | None) -> BudgetReport:
+    """distill.teacher_budget's report: per round, examples with a teacher target (per student), teacher
+    passes (this round and cumulative, summed over the student seeds; what they count is in
+    core.distill.budget), mean val/test accuracy and gain recovery (of the means) against the scratch
+    students and the target ensemble."""
+    scratch = [s.test_acc for s in students if s.kind == "scratch"]
+    rounds, cumulative = [], 0
+    for r in sorted({s.round or 1 for s in students if s.kind == "kd"}):
+        kd = [s for s in students if s.kind == "kd" and (s.round or 1) == r]
+        passes = sum(s.teacher_passes or 0 for s in kd)
+        cumulative += passes
+        vals = [s.val_acc for s in kd if s.val_acc is not None]
+        recovery = None
+        if ensemble_acc is not None and len(scratch) == len(kd):
+            recovery = gain_recovery_over_seeds([s.test_acc for s in kd], scratch, ensemble_acc)["of_means"]
+        rounds.append(BudgetRound(round=r, seeds=len(kd), examples=kd[0].teacher_examples or 0, passes=passes,
+                                  passes_cumulative=cumulative, val_acc=sum(vals) / len(vals) if vals else None,
+                                  test_acc=sum(s.test_acc for s in kd) / len(kd), gain_recovery=recovery))
+    live = teaching.mode == "live"
+    return BudgetReport(share=share, mode=teaching.mode, counts="forwards" if live else "targets",
+                        views=None if live else (teaching.views.num_views if teaching.views is not None else 1),
+                        teachers=teachers, train_examples=train_examples,
+                        per_round=budget_size(train_examples, share), rounds=rounds)
 
 
 def teacher_disagreement(test_logits: torch.Tensor) -> torch.Tensor:

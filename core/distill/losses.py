@@ -95,30 +95,60 @@ def _check(T: float, alpha: float) -> None:
 
 def kd_loss(name: str, student_logits: Tensor, target: Tensor, labels: Tensor | None, T: float,
             alpha: float, *, target_kind: Literal["probs", "logits"] = "probs",
-            weights: Tensor | None = None, **kw) -> dict[str, Tensor]:
+            weights: Tensor | None = None, mask: Tensor | None = None, **kw) -> dict[str, Tensor]:
     """Distillation loss `name`: {"loss": alpha * kd + (1 - alpha) * ce, "kd", "ce", extras...}.
 
     `target` is the ensemble's (N, K) probabilities at T = 1 (or logits, with target_kind="logits");
     `weights` (N,) re-weight examples (residual re-weighting) as a weighted batch mean.
+    `mask` (N,) bool marks the examples that have a teacher target (distill.teacher_budget); `target`
+    then holds those rows only, (mask.sum(), K). See `masked_kd`.
     """
     fn = _get(name)
     _check(T, alpha)
     T, alpha = float(T), float(alpha)
-    if student_logits.shape != target.shape:
-        raise ConfigError("student.model", f"the student gives {tuple(student_logits.shape)} logits but "
-                          f"the ensemble target is {tuple(target.shape)}",
-                          "build the student with the data set's num_classes")
+    if mask is None:
+        _check_shapes(student_logits, target)
     if labels is None and alpha < 1.0:
         raise ConfigError("distill.alpha", f"alpha = {alpha} < 1 needs hard labels, and none were given",
                           "pass the labels or set distill.alpha=1")
     # Losses in fp32 even under autocast: KL of near-equal distributions loses everything in bf16.
     zs = student_logits if student_logits.dtype == torch.float64 else student_logits.float()
-    out = fn(zs, soften(target, T, target_kind).to(zs.dtype), labels, T, weights, **kw)
+    if mask is not None:
+        out = masked_kd(fn, zs, target, labels, T, weights, mask, target_kind, **kw)
+    else:
+        out = fn(zs, soften(target, T, target_kind).to(zs.dtype), labels, T, weights, **kw)
     if labels is None:
         ce = zs.new_zeros(())
     else:
         ce = batch_mean(F.cross_entropy(zs, labels, reduction="none"), weights)
     return {"loss": alpha * out["kd"] + (1.0 - alpha) * ce, **out, "ce": ce}
+
+
+def _check_shapes(student_logits: Tensor, target: Tensor) -> None:
+    if student_logits.shape != target.shape:
+        raise ConfigError("student.model", f"the student gives {tuple(student_logits.shape)} logits but "
+                          f"the ensemble target is {tuple(target.shape)}",
+                          "build the student with the data set's num_classes")
+
+
+def masked_kd(fn: KdFn, zs: Tensor, target: Tensor, labels: Tensor | None, T: float, weights: Tensor | None,
+              mask: Tensor, target_kind: Literal["probs", "logits"] = "probs", **kw) -> dict[str, Tensor]:
+    """The KD term when only the `mask` rows of the batch have a teacher target (`target`: those rows).
+
+    The term is computed on those rows and scaled by their (weighted) share of the batch, so that
+    for a per-example loss (hinton, dkd) it equals sum_{n in mask} w_n kd_n / sum_n w_n: each example
+    keeps its unbudgeted per-example weight, and one without a target adds only its CE term
+    (alpha * 0 + (1 - alpha) * ce_n). DIST's intra-class correlation is taken over the masked rows.
+    A batch with no masked row has a KD term of 0 (no teacher output to learn from).
+    """
+    zq = zs[mask]
+    if zq.shape[0] == 0:  # 0 tied to the graph, so that alpha = 1 still back-propagates (a zero gradient)
+        return {"kd": (zs * 0.0).sum()}
+    _check_shapes(zq, target)
+    wq = None if weights is None else weights[mask]
+    out = fn(zq, soften(target, T, target_kind).to(zs.dtype), None if labels is None else labels[mask], T, wq, **kw)
+    share = (wq.sum() / weights.sum()) if weights is not None else mask.to(zs.dtype).mean()
+    return {key: value * share.to(value.dtype) for key, value in out.items()}
 
 
 @register_kd_loss("hinton")

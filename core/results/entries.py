@@ -70,6 +70,10 @@ class StudentEntry(TrainedEntry):
 
     kind: StudentKind
     round: int | None = None                    # None for scratch
+    # Distilled students (absent in results written before distill.teacher_budget): train examples with a
+    # teacher target in this round, and teacher forward passes this round spent (see core.distill.budget).
+    teacher_examples: int | None = None
+    teacher_passes: int | None = None
 
     @property
     def label(self) -> str:
@@ -121,6 +125,46 @@ class TeachingInfo(Entry):
         if self.mode == "views" and self.views is not None:
             return f"{self.views.views} cached views"
         return "live teachers" if self.mode == "live" else "plain logit cache"
+
+
+class BudgetRound(Entry):
+    """One distillation round under `distill.teacher_budget`: teacher cost and what it bought."""
+
+    round: int
+    seeds: int                                  # distilled students (seeds) of this round
+    examples: int                               # train examples with a teacher target, per student
+    passes: int                                 # teacher forward passes this round, summed over the seeds
+    passes_cumulative: int                      # rounds 1..round, summed over the seeds
+    val_acc: float | None = None                # mean over seeds
+    test_acc: float                             # mean over seeds
+    gain_recovery: float | None = None          # of the means, against the scratch students and the target
+
+    @property
+    def passes_per_student(self) -> float:
+        """Cumulative teacher passes of one student lineage (the mean over seeds)."""
+        return self.passes_cumulative / max(self.seeds, 1)
+
+
+class BudgetReport(Entry):
+    """Teacher forward passes against student accuracy, round by round (core.distill.budget).
+
+    counts: 'targets' (cached teaching: examples x views x teachers whose outputs are used as targets,
+    each once) or 'forwards' (live teaching: teacher forwards run during training, every epoch).
+    """
+
+    share: float                                # distill.teacher_budget
+    mode: Literal["cached", "views", "live"]
+    counts: Literal["targets", "forwards"]
+    views: int | None = None                    # teacher outputs per example and teacher (cached teaching)
+    teachers: int
+    train_examples: int
+    per_round: int                              # examples each round spends
+    rounds: list[BudgetRound] = Field(default_factory=list)
+
+    @property
+    def shown(self) -> bool:
+        """Worth a chart: a budget below 1 or several rounds."""
+        return self.share < 1.0 or len(self.rounds) > 1
 
 
 class CacheCounts(Entry):

@@ -2,7 +2,8 @@
 
 Schema versions:
   1  the stages' plain dicts (kdlab before typed results)
-  2  the same fields, validated by these models, plus `stages_done` (which stages finished)
+  2  the same fields, validated by these models, plus `stages_done` (which stages finished); later
+     optional sections (e.g. `teacher_budget`) default to None, so files written without them still read
 
 `read_results` reads both: a version-1 file is upgraded in memory (its finished stages are inferred
 from the sections present), so every existing run still opens; the file itself is not rewritten.
@@ -18,8 +19,9 @@ from typing import Any, Literal, Mapping
 from pydantic import ConfigDict, Field, ValidationError
 
 from core.errors import KdlabError
-from core.results.entries import (CacheCounts, ComparisonRow, ComparisonSummary, DatasetInfo, DiagnosticsHeader,
-                                  DroppedTeacher, Entry, EnsembleEntry, StudentEntry, TeacherEntry, TeachingInfo)
+from core.results.entries import (BudgetReport, CacheCounts, ComparisonRow, ComparisonSummary, DatasetInfo,
+                                  DiagnosticsHeader, DroppedTeacher, Entry, EnsembleEntry, StudentEntry, TeacherEntry,
+                                  TeachingInfo)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class RunResults(Entry):
     target_scheme: str | None = None            # the scheme the students learned from (after any fallback)
     teaching: TeachingInfo | None = None
     students: list[StudentEntry] = Field(default_factory=list)
+    teacher_budget: BudgetReport | None = None  # teacher passes and accuracy per round
     artifacts: dict[str, str] = Field(default_factory=dict)  # name -> path relative to the run folder
     diagnostics: DiagnosticsHeader | None = None
     comparison: list[ComparisonRow] = Field(default_factory=list)

@@ -135,7 +135,7 @@ class _PruneReporter:
 
 
 def trial_folder(ctx: SweepContext, cfg: RunConfig) -> Path:
-    raw = cfg.to_dict()
+    raw = cfg.identity()  # a field added since keeps older trial folders' names at its default
     raw["student"].pop("seeds")  # more seeds later continue the same folder
     return ctx.out / "trials" / config_fingerprint(raw)[:16]
 

@@ -104,6 +104,9 @@ def fit(model: nn.Module, task: Task, data: Any, cfg: TrainConfig, *, source: st
     # A task with a view grid sees its train images in named views: `idx` then numbers the
     # (view, example) pair as view * n_train + example.
     views = getattr(task, "views", None)
+    # A task may count things per epoch (live teachers: forwards run); the loop puts them in the
+    # history row, which checkpoints keep, so a resumed fit still reports its earlier epochs'.
+    epoch_metrics = getattr(task, "epoch_metrics", None)
     total_steps = steps_per_epoch * cfg.epochs
 
     result = FitResult()
@@ -138,6 +141,8 @@ def fit(model: nn.Module, task: Task, data: Any, cfg: TrainConfig, *, source: st
             seen = 0
             window_loss = torch.zeros((), device=device)
             window_n = 0
+            if epoch_metrics is not None:
+                epoch_metrics()  # start the epoch's counts from zero
             for x, y, idx in data.batches("train", cfg.batch_size, shuffle=True, augment=views is None,
                                           generator=generator, drop_last=True):
                 cancel.check()
@@ -180,6 +185,8 @@ def fit(model: nn.Module, task: Task, data: Any, cfg: TrainConfig, *, source: st
             row = {"epoch": epoch + 1, "train/loss": (loss_sum / max(seen, 1)).item(),
                    "train/acc": (correct.float() / max(seen, 1)).item(),
                    "val/loss": val["nll"], "val/acc": val["acc"], "lr": lr, "seconds": seconds}
+            if epoch_metrics is not None:
+                row.update(epoch_metrics())
             if not torch.isfinite(torch.tensor(row["train/loss"])):
                 raise FloatingPointError(f"{source}: training loss became {row['train/loss']} at epoch "
                                          f"{epoch + 1}; lower train.lr")

@@ -18,6 +18,8 @@ class Task(Protocol):
 
     `idx` are rows of the train split. A task with a `views` attribute (a `ViewGrid`, not None) gets
     un-augmented batches that the loop shows in views it names: `idx` is then view * N_train + row.
+    A task with an `epoch_metrics()` method returning {name: number} (counts since its last call) has
+    them added to each epoch's history row.
     """
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor, idx: Tensor) -> dict[str, Tensor]: ...

@@ -11,6 +11,7 @@ students, a diagnostics dict that recorded an error) gives `empty_figure(message
 """
 
 from dashboard.figures.base import KIND_COLOURS, empty_figure, is_empty
+from dashboard.figures.budget import budget_curve
 from dashboard.figures.compare import ABSENT, config_diff, flatten
 from dashboard.figures.curves import MAX_POINTS, source_kind, training_curves, training_curves_side_by_side
 from dashboard.figures.diagnostics import (bins_ece, bvd_bars, disagreement_heatmap, diversity_growth,
@@ -25,8 +26,8 @@ from dashboard.figures.search import (STATE_COLOURS, search_history, search_impo
 from dashboard.figures.sweep import sweep_chart
 
 __all__ = ["ABSENT", "COSTS", "KIND_COLOURS", "MAX_POINTS", "STATE_COLOURS", "averaging_demo", "bins_ece",
-           "bvd_bars", "centroid_demo", "centroids", "config_diff", "deployment_cost", "disagreement_gallery",
-           "disagreement_heatmap", "diversity_growth", "empty_figure",
+           "budget_curve", "bvd_bars", "centroid_demo", "centroids", "config_diff", "deployment_cost",
+           "disagreement_gallery", "disagreement_heatmap", "diversity_growth", "empty_figure",
            "error_correlation_heatmap", "flatten", "is_empty", "kd_gradient_scale", "kd_loss_parts",
            "model_cost_bars", "pareto_front", "reliability_diagram", "sample_grid", "search_history",
            "search_importance", "search_parallel", "search_pareto", "search_scatter", "softmax",

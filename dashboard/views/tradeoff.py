@@ -38,4 +38,21 @@ show_table(table, key="comparison_table")  # params in M, FLOPs in MFLOPs, ...; 
 st.download_button("Download CSV", table.to_csv(index=False).encode(), file_name=f"{run.id}-comparison.csv",
                    mime="text/csv", key="download_csv")
 
+budget = results.teacher_budget  # distill.teacher_budget: teacher cost per round (absent in older runs)
+if budget is not None and budget.shown:
+    st.subheader("Teacher cost across rounds")
+    scratch = results.scratch()
+    target = results.ensemble()
+    st.plotly_chart(figures.budget_curve(budget.model_dump(),
+                                         scratch_acc=sum(s.test_acc for s in scratch) / len(scratch) if scratch
+                                         else None,
+                                         ensemble_acc=None if target is None else target.test_acc),
+                    width="stretch", key="teacher_budget")
+    st.caption(f"Each round queries the teachers on {budget.per_round} of {budget.train_examples} train examples "
+               f"({budget.share:.0%}): round 1 a stratified draw, later rounds where the student's residual is "
+               "largest; the others learn from their labels. "
+               + ("Passes count teacher outputs used as targets (examples x views x teachers, each once); the "
+                  "shared logit cache itself holds every train example." if budget.counts == "targets" else
+                  "Passes count the teacher forwards run while the students trained."))
+
 export_panel(run)
