@@ -54,10 +54,11 @@ def _space(grid: tuple[str, ...], space: tuple[str, ...], search: str | None) ->
 @click.option("--sampler-seed", type=int, default=0, show_default=True, help="Seed of the sampler.")
 @click.option("--study", default=None, help="Optuna study name (default: the sweep's id).")
 @click.option("--executor", default="local", show_default=True, metavar="local|processes|ray",
-              help="Where trials run: one at a time in this process, or in --workers processes on this machine "
-                   "(ray: not available yet).")
+              help="Where trials run: one at a time in this process, in --workers processes on this machine, "
+                   "or as Ray Tune trials (pip install 'kdlab[ray]').")
 @click.option("--ray-address", default=None, metavar="ADDR",
-              help="An existing Ray cluster for --executor ray (not available yet).")
+              help="An existing Ray cluster for --executor ray (default: $RAY_ADDRESS, else a local Ray "
+                   "started for the sweep).")
 @click.option("--workers", type=int, default=None,
               help="Worker processes for --executor processes (default: one per core; each gets cores // K "
                    "torch threads).")

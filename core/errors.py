@@ -19,6 +19,11 @@ class KdlabError(Exception):
             message = f"{message}; {fix}"
         super().__init__(message)
 
+    def __reduce__(self):
+        # Rebuilt from its three parts, so it survives a copy or a pickle (a Ray worker's error reaches
+        # the driver that way); Exception's default would call __init__ with the message alone.
+        return type(self), (self.field, self.problem, self.fix)
+
 
 class ConfigError(KdlabError):
     """A config value is out of range or inconsistent with the others."""

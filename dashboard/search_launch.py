@@ -71,12 +71,13 @@ def duplicates(rows: list[SpaceRow], dims: list[Dimension]) -> list[str]:
 
 
 EXECUTOR_HELP = ("local: one trial at a time in this app's worker thread; processes: several trials at once in "
-                 "worker processes on this machine (small students cannot use every core alone)")
+                 "worker processes on this machine (small students cannot use every core alone); ray: Ray Tune "
+                 "trials on a Ray cluster, or on a Ray started here for the sweep (pip install 'kdlab[ray]')")
 
 
 def build_spec(cfg: RunConfig, dims: list[Dimension], *, search: str, trials: int | None, second: str,
                prune: str, seeds: int | None, sampler_seed: int, executor: str = "local",
-               workers: int | None = None) -> tuple[SearchSpec, int | None]:
+               workers: int | None = None, ray_address: str | None = None) -> tuple[SearchSpec, int | None]:
     """The checked search and, for a grid, its exact number of trainings (None for other searches).
 
     A grid is checked point by point first, so a bad value names its grid point, as `kdlab sweep
@@ -88,8 +89,21 @@ def build_spec(cfg: RunConfig, dims: list[Dimension], *, search: str, trials: in
     objectives = "val_acc" if second == NO_SECOND else f"val_acc,{second}"
     spec = make_spec(cfg, search=search, space=dims, trials=None if search == "grid" else trials,
                      objectives=objectives, prune=prune, seeds=seeds, sampler_seed=sampler_seed,
-                     executor=executor, workers=workers if executor != "local" else None)
+                     executor=executor, workers=workers if executor != "local" else None,
+                     ray_address=ray_address if executor == "ray" and ray_address else None)
     return spec, total
+
+
+def where_it_runs(spec: SearchSpec) -> str:
+    """One line: where a search's trials run."""
+    if spec.executor == "local":
+        return "Runs in this app's queue, one trial at a time."
+    if spec.executor == "processes":
+        return f"Runs in {spec.workers} worker processes on this machine (from this app's queue)."
+    address = spec.ray_address or os.environ.get("RAY_ADDRESS")
+    return (f"Runs as Ray Tune trials, {spec.workers} at once, on " +
+            (f"the Ray cluster at {address}" if address else "a local Ray started for the sweep") +
+            " (from this app's queue); the store follows every trial.")
 
 
 def cost_words(cfg: RunConfig, spec: SearchSpec, total: int | None) -> tuple[str, str]:
@@ -159,11 +173,17 @@ def _settings(cfg: RunConfig | None) -> dict[str, Any]:
                                   help="The same seed and space draw the same trials")
     executor = c.selectbox("Executor", EXECUTORS, key="search_executor", help=EXECUTOR_HELP)
     cores = os.cpu_count() or 1
-    workers = d.number_input("Worker processes", min_value=1, max_value=64, value=cores, step=1,
+    workers = d.number_input("Trials at once", min_value=1, max_value=64, value=cores, step=1,
                              key="search_workers", disabled=executor == "local",
-                             help=f"Trials at once, each with {cores} // workers torch threads ({cores} cores here)")
+                             help=f"Worker processes or Ray trials at once, each with {cores} // K torch threads "
+                                  f"({cores} cores here)")
+    address = None
+    if executor == "ray":
+        address = st.text_input("Ray cluster address", key="search_ray_address", placeholder="HOST:PORT",
+                                help="The head of an existing Ray cluster; empty: $RAY_ADDRESS, else a local Ray "
+                                     "started for the sweep and stopped after it") or None
     return {"search": search, "trials": int(trials), "second": second, "prune": prune, "seeds": seeds,
-            "sampler_seed": int(sampler_seed), "executor": executor, "workers": int(workers)}
+            "sampler_seed": int(sampler_seed), "executor": executor, "workers": int(workers), "ray_address": address}
 
 
 def launcher(cfg: RunConfig | None) -> None:
@@ -193,8 +213,7 @@ def launcher(cfg: RunConfig | None) -> None:
             st.caption(line)
             st.caption(words)
             st.caption(f"Pick rule: {spec.pick_rule()}.")
-            st.caption("Runs in this app's queue, one trial at a time." if spec.executor == "local" else
-                       f"Runs in {spec.workers} worker processes on this machine (from this app's queue).")
+            st.caption(where_it_runs(spec))
             st.caption("The same sweep headless, with the YAML under 'Run it headless' saved as config.yaml:")
             st.code(command(spec), language="bash")
         grid = settings["search"] == "grid"

@@ -80,6 +80,19 @@ def test_the_launcher_shows_the_cost_and_the_command():
     assert any(e.startswith("--prune:") for e in errors(at)), errors(at)
 
 
+def test_the_launcher_offers_ray_with_its_address_and_says_where_trials_run():
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    at = setup_with(**RANGE_ROW, search_low_0="1", search_high_0="8", search_trials=4, search_executor="ray",
+                    search_workers=2)
+    assert not errors(at), errors(at)
+    assert any(c.value.startswith("Runs as Ray Tune trials, 2 at once, on a local Ray started for the sweep")
+               for c in at.caption), [c.value for c in at.caption]
+    assert "--executor ray --workers 2" in at.code[-1].value
+    at.text_input(key="search_ray_address").set_value("127.0.0.1:9").run()  # nothing answers there
+    assert any(e.startswith("--ray-address: no Ray head answers at 127.0.0.1:9") for e in errors(at)), errors(at)
+    assert "sweep_launch" not in [b.key for b in at.button]
+
+
 @pytest.fixture(scope="module")
 def launched_search():
     """A two-trial TPE search over the student's lr (val accuracy and latency) launched from Setup and trained."""

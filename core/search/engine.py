@@ -158,7 +158,7 @@ def build_context(prep, spec, out, sweep_id, store, beats, source, events, cance
                         heartbeat=beats, source=source, trained=trained, ensembles=ensembles, combined=combined,
                         costs=costs, stats=stats, events=events, cancel=cancel,
                         shutting_down=shutting_down, warnings=warnings, study_name=study_name,
-                        store_url=storage_url(store.data_dir))
+                        store_url=storage_url(store.data_dir) if store is not None else "")
 
 
 def _search(ctx: SweepContext, study: optuna.Study, on_trial: Callable[[TrialOutcome], None] | None) -> SweepResult:
@@ -170,6 +170,10 @@ def _search(ctx: SweepContext, study: optuna.Study, on_trial: Callable[[TrialOut
         from core.search.workers import run_in_processes
 
         run_in_processes(ctx, study)
+    elif ctx.spec.executor == "ray":
+        from core.search.ray_executor import run_in_ray
+
+        run_in_ray(ctx, study)
     else:
         trial_loop(ctx, study, on_trial)
     result = _result(ctx, study)

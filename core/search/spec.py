@@ -159,6 +159,9 @@ def make_spec(base: RunConfig, *, search: str, space: list[Dimension], trials: i
     if study is not None and not study.strip():
         raise ConfigError("--study", "the study name is empty", "give a name, or leave --study out")
     workers = check_executor(executor, workers)
+    if executor == "ray":  # a dead cluster address is refused in seconds, before anything is stored
+        from core.search.ray_executor import check_address, cluster_address
+        check_address(cluster_address(ray_address))
     if ray_address is not None and executor != "ray":
         raise ConfigError("--ray-address", "a Ray address is only used by --executor ray", "add --executor ray")
     return SearchSpec(search=search, trials=trials, space=space_json(space), objectives=names, prune=prune,
@@ -177,8 +180,15 @@ def check_executor(executor: str, workers: int | None) -> int:
     if executor not in EXECUTORS:
         raise ConfigError("--executor", f"unknown executor '{executor}'", f"use one of: {', '.join(EXECUTORS)}")
     if executor == "ray":
-        raise ConfigError("--executor", "the ray executor is not available in this kdlab yet",
-                          "use --executor processes --workers K on this machine")
+        import importlib.util
+
+        try:  # without importing it (seconds): only whether it is there
+            found = importlib.util.find_spec("ray") is not None
+        except (ImportError, ValueError):  # an import hook refused it, or a broken install left no spec
+            found = False
+        if not found:
+            raise ConfigError("--executor", "ray is not installed (it is an optional extra)",
+                              "pip install 'kdlab[ray]', or use --executor processes")
     if executor == "local":
         if workers not in (None, 1):
             raise ConfigError("--workers", "the local executor runs one trial at a time",
@@ -188,7 +198,11 @@ def check_executor(executor: str, workers: int | None) -> int:
     workers = cores if workers is None else workers
     if workers < 1:
         raise ConfigError("--workers", f"must be at least 1, got {workers}", "use --workers 2 or more")
-    if workers > cores:
+    if workers > cores and executor == "ray":
+        logging.getLogger(__name__).warning(
+            "--workers %d is more than this machine's %d cores: on a local Ray at most %d trials run at once "
+            "(1 CPU each); a cluster has cores of its own", workers, cores, cores)
+    if workers > cores and executor == "processes":
         logging.getLogger(__name__).warning(
             "--workers %d is more than this machine's %d cores: the trials will share them (each worker gets "
             "1 torch thread)", workers, cores)

@@ -282,8 +282,12 @@ sweep_id = st.selectbox("Sweep, newest first", ids, index=ids.index(wanted) if w
 st.session_state["search_sweep"] = sweep_id
 record = by_id[sweep_id]
 space = ", ".join(d.text() for d in SearchSpec.model_validate(record.spec).dimensions)
-where = ("one trial at a time in this app's queue" if record.spec.get("executor", "local") == "local" else
-         f"{record.spec.get('workers')} worker processes on {record.host or 'this machine'}")
+executor = record.spec.get("executor", "local")
+where = {"local": "one trial at a time in this app's queue",
+         "processes": f"{record.spec.get('workers')} worker processes on {record.host or 'this machine'}",
+         "ray": f"Ray Tune trials, {record.spec.get('workers')} at once, on "
+                f"{record.spec.get('ray_address') or 'a Ray started by ' + (record.host or 'this machine')}"
+         }.get(executor, executor)
 st.caption(f"{record.spec.get('search')} over {space}; objectives {', '.join(record.spec.get('objectives', []))}; "
            f"runs as {where}; folder {record.sweep_dir}; study '{record.study}' in {record.storage}")
 active = record.status in ACTIVE
