@@ -59,6 +59,8 @@ def _space(grid: tuple[str, ...], space: tuple[str, ...], search: str | None) ->
 @click.option("--ray-address", default=None, metavar="ADDR",
               help="An existing Ray cluster for --executor ray (default: $RAY_ADDRESS, else a local Ray "
                    "started for the sweep).")
+@click.option("--gpus-per-trial", type=float, default=0.0, show_default=True, metavar="SHARE",
+              help="For --executor ray: each trial's share of a GPU (0.25: four small students on one GPU).")
 @click.option("--workers", type=int, default=None,
               help="Worker processes for --executor processes (default: one per core; each gets cores // K "
                    "torch threads).")
@@ -69,8 +71,9 @@ def _space(grid: tuple[str, ...], space: tuple[str, ...], search: str | None) ->
 @quiet_option
 def sweep(config_file: str | None, preset_name: str | None, overrides: tuple[str, ...], grid: tuple[str, ...],
           search: str | None, space: tuple[str, ...], trials: int | None, objective: str, prune: str,
-          seeds: int | None, sampler_seed: int, study: str | None, executor: str, workers: int | None,
-          ray_address: str | None, out: str | None, store_dir: str | None, quiet: bool) -> None:
+          seeds: int | None, sampler_seed: int, study: str | None, executor: str, gpus_per_trial: float,
+          workers: int | None, ray_address: str | None, out: str | None, store_dir: str | None,
+          quiet: bool) -> None:
     """Student search: train the teachers once, then KD and scratch students for every trial.
 
     Trials are ranked by the distilled students' val accuracy (and latency or size with a second
@@ -82,7 +85,7 @@ def sweep(config_file: str | None, preset_name: str | None, overrides: tuple[str
     algorithm, dims = _space(grid, space, search)
     spec = make_spec(cfg, search=algorithm, space=dims, trials=trials, objectives=objective, prune=prune,
                      seeds=seeds, sampler_seed=sampler_seed, study=study, executor=executor, workers=workers,
-                     ray_address=ray_address)
+                     ray_address=ray_address, gpus_per_trial=gpus_per_trial)
     data_dir = data_dir_of(store_dir)
     check_store_folder(data_dir)
     out_dir = Path(out) if out else data_dir / f"sweep-{new_run_id(cfg.name)}"
@@ -94,7 +97,8 @@ def _run(cfg: Any, spec: Any, out: Path, data_dir: Path, quiet: bool) -> None:
     from core.train import CancelToken, EventBus
 
     n_seeds = spec.seeds or cfg.student.seeds
-    where = "" if spec.executor == "local" else f", {spec.workers} worker processes"
+    where = {"local": "", "processes": f", {spec.workers} worker processes",
+             "ray": f", {spec.workers} Ray trials at once"}[spec.executor]
     click.echo(f"kdlab sweep: {cfg.name}, {spec.search} search, {spec.trials} trial(s) x {n_seeds} seed(s){where} "
                f"into {out}; teachers trained once; store {data_dir}", err=True)
     cancel = CancelToken()

@@ -201,3 +201,15 @@ def test_a_cancelled_ray_search_resumes_without_training_its_finished_trials_aga
         assert len(store.events(first[0].id, kinds=["epoch"])) == epochs_before  # not one epoch again
         assert runs[1].id == first[1].id  # the stopped trial was retried under its run row
     assert sorted(r.value("distill.temperature") for r in result.rows) == [1, 2, 4]
+
+
+def test_a_gpu_share_is_checked_and_kept_in_the_command():
+    base = tiny()
+    with pytest.raises(ConfigError, match="--gpus-per-trial: a GPU share is only used by --executor ray"):
+        make_spec(base, search="grid", space=GRID, gpus_per_trial=0.5)
+    with pytest.raises(ConfigError, match="--gpus-per-trial: 1.5 is not a GPU share Ray can give"):
+        make_spec(base, search="grid", space=GRID, executor="ray", gpus_per_trial=1.5)
+    spec = make_spec(base, search="grid", space=GRID, executor="ray", workers=4, gpus_per_trial=0.25)
+    assert spec.command_args()[-6:] == ["--executor", "ray", "--workers", "4", "--gpus-per-trial", "0.25"]
+    # where trials run is not part of the study: the same space key as the local search
+    assert spec.space_key() == make_spec(base, search="grid", space=GRID).space_key()

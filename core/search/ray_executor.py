@@ -287,7 +287,7 @@ def run_in_ray(ctx: SweepContext, study: optuna.Study) -> None:
     where = f"Ray cluster {address}" if address else f"a local Ray ({os.cpu_count()} CPUs)"
     remaining = spec.trials - spent(study, trial_statuses(ctx))
     threads = threads_per_worker(spec.workers)
-    gpus = float(os.environ.get("KDLAB_RAY_GPUS_PER_TRIAL", "0"))  # e.g. 0.25: four small students per GPU
+    gpus = spec.gpus_per_trial  # e.g. 0.25: four small students share one GPU
     ctx.events.emit(Event("stage", "sweep", message=f"{remaining} trial(s) on {where}, {spec.workers} at once, "
                           f"{threads} CPU(s) each", metrics={"workers": spec.workers}))
     payload = RayPayload(base=ctx.prep.cfg.to_dict(), spec=spec.model_dump(mode="json"), out=str(ctx.out),

@@ -76,6 +76,8 @@ class SearchSpec(BaseModel):
     executor: Literal["local", "processes", "ray"] = "local"   # where trials run (not part of the study)
     workers: int = Field(1, ge=1, le=64, description="trials at once: worker processes, or Ray trials in flight")
     ray_address: str | None = None                              # an existing Ray cluster; None: RAY_ADDRESS or a local Ray
+    # A Ray trial's share of a GPU: 0.25 lets four small students share one (Ray's fractional GPUs).
+    gpus_per_trial: float = Field(0.0, ge=0.0, le=8.0)
 
     @property
     def dimensions(self) -> list[Dimension]:
@@ -120,13 +122,16 @@ class SearchSpec(BaseModel):
             args += ["--executor", self.executor, "--workers", str(self.workers)]
         if self.ray_address:
             args += ["--ray-address", self.ray_address]
+        if self.gpus_per_trial:
+            args += ["--gpus-per-trial", f"{self.gpus_per_trial:g}"]
         return args
 
 
 def make_spec(base: RunConfig, *, search: str, space: list[Dimension], trials: int | None = None,
               objectives: str | list[str] = "val_acc", prune: str = "none", seeds: int | None = None,
               sampler_seed: int = 0, study: str | None = None, executor: str = "local",
-              workers: int | None = None, ray_address: str | None = None) -> SearchSpec:
+              workers: int | None = None, ray_address: str | None = None,
+              gpus_per_trial: float = 0.0) -> SearchSpec:
     """A checked SearchSpec: every bad input is a ConfigError naming the option and the fix."""
     if search not in SEARCHES:
         raise ConfigError("--search", f"unknown search '{search}'", f"use one of: {', '.join(SEARCHES)}")
@@ -164,9 +169,15 @@ def make_spec(base: RunConfig, *, search: str, space: list[Dimension], trials: i
         check_address(cluster_address(ray_address))
     if ray_address is not None and executor != "ray":
         raise ConfigError("--ray-address", "a Ray address is only used by --executor ray", "add --executor ray")
+    if gpus_per_trial and executor != "ray":
+        raise ConfigError("--gpus-per-trial", "a GPU share is only used by --executor ray",
+                          "add --executor ray (processes and local use the config's device)")
+    if not 0.0 <= gpus_per_trial <= 8.0 or (gpus_per_trial > 1 and gpus_per_trial != int(gpus_per_trial)):
+        raise ConfigError("--gpus-per-trial", f"{gpus_per_trial:g} is not a GPU share Ray can give",
+                          "use a fraction up to 1 (e.g. 0.25: four trials a GPU) or a whole number of GPUs")
     return SearchSpec(search=search, trials=trials, space=space_json(space), objectives=names, prune=prune,
                       seeds=seeds, sampler_seed=sampler_seed, study=study, executor=executor, workers=workers,
-                      ray_address=ray_address)
+                      ray_address=ray_address, gpus_per_trial=gpus_per_trial)
 
 
 EXECUTORS = ("local", "processes", "ray")
