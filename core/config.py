@@ -141,6 +141,17 @@ class TrainConfig(_Strict):
 ADDED_LATER: dict[str, Any] = {"distill.teacher_budget": 1.0, "data.train_fraction": 1.0}
 
 
+def section_identity(section: BaseModel, name: str) -> dict[str, Any]:
+    """section.model_dump() without its ADDED_LATER fields at their default: what checkpoint and cache
+    fingerprints hash, so that a field added since does not retrain the checkpoints of earlier runs."""
+    out = section.model_dump()
+    for path, default in ADDED_LATER.items():
+        owner, field_name = path.split(".")
+        if owner == name and out.get(field_name) == default:
+            del out[field_name]
+    return out
+
+
 class RunConfig(_Strict):
     name: str = Field("run", description="A short name for the run.")
     data: DataConfig = Field(default_factory=DataConfig)

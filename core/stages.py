@@ -17,6 +17,7 @@ from torch import nn
 
 from core.atomic import write_tensors
 from core.bench import Cost, ensemble_cost, measure
+from core.config import section_identity
 from core.cache import SPLITS, CacheStats, file_hash, teacher_logits, teacher_view_logits
 from core.data import ViewGrid
 from core.device import precision_for
@@ -51,7 +52,8 @@ def train_teacher(prep: Prepared, member: Member, seed_index: int, out: Path, ev
     seed = cfg.seed + 1000 * member.index + seed_index
     source = f"teacher/{member.label}/s{seed_index}"
     folder = out / "teachers" / f"{member.label}_s{seed_index}"
-    fingerprint = config_fingerprint(member.cfg.model_dump(), cfg.data.model_dump(), cfg.train.model_dump(),
+    fingerprint = config_fingerprint(member.cfg.model_dump(), section_identity(cfg.data, "data"),
+                                     cfg.train.model_dump(),
                                      seed, cfg.ensemble.draws)
     torch.manual_seed(seed)
     model = build_model(member.spec(), prep.data.num_classes, prep.data.in_chans,
@@ -192,10 +194,11 @@ def student_stage(prep: Prepared, teaching: Teaching, plain_target: torch.Tensor
     distilled students' (for diagnostics).
     """
     cfg = prep.cfg
-    # teacher_budget at its default is left out, so runs from before the field resume their students.
-    distill = cfg.distill.model_dump(exclude={"teacher_budget"} if cfg.distill.teacher_budget == 1.0 else None)
-    fingerprint = config_fingerprint(cfg.student.model_dump(), cfg.data.model_dump(), cfg.train.model_dump(),
-                                     distill, cfg.ensemble.model_dump(),
+    # Fields added since (teacher_budget, train_fraction) at their default are left out, so runs from
+    # before them resume their students.
+    fingerprint = config_fingerprint(cfg.student.model_dump(), section_identity(cfg.data, "data"),
+                                     cfg.train.model_dump(), section_identity(cfg.distill, "distill"),
+                                     cfg.ensemble.model_dump(),
                                      [m.cfg.model_dump() for m in prep.members], cfg.seed)
     labels = prep.data.train.y.to(prep.device)
     trained = TrainedStudents()

@@ -128,7 +128,8 @@ def scratch_setting(cfg: RunConfig, with_views: bool) -> tuple[Any, ...]:
 
     Points that agree on it share their scratch students.
     """
-    return (cfg.student.model_dump(exclude={"seeds"}), with_views, cfg.train.model_dump(), cfg.data.model_dump(),
+    return (cfg.student.model_dump(exclude={"seeds"}), with_views, cfg.train.model_dump(),
+            config_mod.section_identity(cfg.data, "data"),
             cfg.seed)
 
 

@@ -345,3 +345,17 @@ def test_a_folder_written_before_the_budget_field_still_holds_the_same_run(tmp_p
     assert budgeted.identity()["distill"]["teacher_budget"] == 0.5
     with pytest.raises(Exception, match="already holds a run with a different config"):
         check_output_dir(tmp_path, budgeted)
+
+
+def test_checkpoint_fingerprints_leave_out_fields_added_since_at_their_default():
+    from core.config import ADDED_LATER, section_identity
+
+    cfg = config.load(overrides=["data.name=shapes"])
+    for path in ADDED_LATER:
+        section, name = path.split(".")
+        dumped = getattr(cfg, section).model_dump()
+        assert name in dumped and name not in section_identity(getattr(cfg, section), section)
+        assert section_identity(getattr(cfg, section), section) == {k: v for k, v in dumped.items() if k != name}
+    budgeted = config.load(overrides=["data.name=shapes", "distill.teacher_budget=0.5", "data.train_fraction=0.5"])
+    assert section_identity(budgeted.distill, "distill")["teacher_budget"] == 0.5
+    assert section_identity(budgeted.data, "data")["train_fraction"] == 0.5
