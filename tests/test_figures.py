@@ -542,7 +542,8 @@ def test_learn_page_runs_and_reacts_to_the_temperature():
         at.run()
         assert not at.exception, (tab, at.exception)
         per_tab[tab] = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
-    assert [len(c) for c in per_tab.values()] == [1, 1, 2, 1]
+    # The last tab: the shipped when-KD-pays measurement (assets/when_kd_pays.json) and the deployment cost.
+    assert [len(c) for c in per_tab.values()] == [1, 1, 2, 2]
     assert len(at.latex) >= 1
     at.session_state["learn_tab"] = "Temperature and alpha"
     at.run()

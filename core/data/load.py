@@ -15,7 +15,7 @@ from core.errors import DataError
 MIB = 1024 * 1024
 
 # Separate streams per use, so that changing data.limit does not reshuffle which images are test.
-_SALT = {"pool": 1, "test": 2, "split": 3}
+_SALT = {"pool": 1, "test": 2, "split": 3, "train": 4}
 
 
 def _seed(split_seed: int, use: str) -> int:
@@ -23,7 +23,35 @@ def _seed(split_seed: int, use: str) -> int:
 
 
 def _plan(src: SourceData, cfg: DataConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(x, y, rows) per split: which rows of the loader's arrays go where."""
+    """(x, y, rows) per split: which rows of the loader's arrays go where (train cut to data.train_fraction)."""
+    plan = _split_plan(src, cfg)
+    if cfg.train_fraction < 1.0:
+        plan["train"] = _train_share(*plan["train"], cfg)
+    return plan
+
+
+def _train_share(x: torch.Tensor, y: torch.Tensor, rows: torch.Tensor, cfg: DataConfig
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The train split cut to round(train_fraction x its size) images, each class keeping its share.
+
+    Cut after val and test are carved, so a learning curve compares every share on the same val and
+    test images; stratified_subset ranks examples by a key that depends on the seed only, so for one
+    split_seed a smaller share keeps a subset of a larger one's images (nested curves).
+    """
+    n = max(1, int(round(cfg.train_fraction * rows.numel())))
+    keep = rows[stratified_subset(y[rows], n, _seed(cfg.split_seed, "train"))]
+    classes = int(y.max()) + 1 if y.numel() else 0
+    missing = int((torch.bincount(y[keep].long(), minlength=classes) == 0).sum()) - \
+        int((torch.bincount(y[rows].long(), minlength=classes) == 0).sum())
+    if missing > 0:  # a class the full train split has is gone: the students could never predict it
+        raise DataError("data.train_fraction", f"{cfg.train_fraction:g} of the train split ({n} of "
+                        f"{rows.numel()} images) leaves {missing} class(es) without a train image",
+                        "raise data.train_fraction")
+    return x, y, keep
+
+
+def _split_plan(src: SourceData, cfg: DataConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(x, y, rows) per split before the train share is applied."""
     if src.has_official_test:
         assert src.test_x is not None and src.test_y is not None
         pool = torch.arange(src.y.numel())
@@ -89,7 +117,8 @@ def load_data(cfg: DataConfig, device: torch.device | str = "cpu") -> DataBundle
     Data sets without an official test split are split stratified into train/val/test by
     test_fraction and val_fraction (val is a share of what test leaves). With an official test split,
     val is carved from train; `limit` then caps train pool + test together, test getting its
-    test_fraction share. Data larger than memory_budget_mb (as uint8) stays on the CPU and streams.
+    test_fraction share. train_fraction < 1 then keeps a stratified share of train (val and test as
+    they were). Data larger than memory_budget_mb (as uint8) stays on the CPU and streams.
     """
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     src = get_loader(cfg.name)(cfg)

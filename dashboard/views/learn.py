@@ -180,6 +180,15 @@ if choose.open:
             "**Pick the ensemble** when accuracy or uncertainty estimates matter most and serving M models is "
             "affordable (offline scoring, few queries). **Pick the student** when latency, memory or cost per "
             "query matter (phones, high traffic): you pay the teachers' training once and serve one small model.")
+        st.markdown("**When does distillation pay?** Measured in this lab on digits: the same preset on a share "
+                    "of the train split (val and test unchanged), two student widths, over teacher seeds.")
+        saved = figures.read_kd_pays()
+        if saved is None:
+            st.info("No saved measurement yet: `python benchmarks/when_kd_pays.py` writes "
+                    "assets/when_kd_pays.json, which this chart is drawn from.")
+        else:
+            st.plotly_chart(figures.kd_pays_curve(saved), width="stretch", key="kd_pays_curve")
+            st.caption(figures.kd_pays_caption(saved))
         left, right = st.columns(2)
         m = left.slider("teachers M", 1, 10, 5, key="cost_members")
         fraction = right.slider("student size (fraction of one teacher)", 0.05, 1.0, 0.25, 0.05, key="cost_fraction")
