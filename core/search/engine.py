@@ -197,14 +197,14 @@ def trial_loop(ctx: SweepContext, study: optuna.Study, on_trial: Callable[[Trial
                 retry_stopped(ctx, study, dead_only=True)
             done = spent(study, trial_statuses(ctx))
             running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-            if done + running >= spec.trials or _nothing_new(ctx, study, repeats):
+            if done + running >= spec.trials or nothing_new(ctx, study, repeats):
                 return
             ctx.cancel.check()
             trial = study.ask(dists)
             point = {d.field: trial.params[d.field] for d in spec.dimensions}
             earlier = None if RUN_ATTR in trial.user_attrs else finished_point(study, trial.params)
             if earlier is not None:  # a retry (RUN_ATTR set) is never a repeat: it has not finished
-                _tell_repeat(ctx, study, trial, earlier)
+                tell_repeat(ctx, study, trial, earlier)
                 repeats += 1
                 continue
             repeats = 0
@@ -236,8 +236,9 @@ def trial_loop(ctx: SweepContext, study: optuna.Study, on_trial: Callable[[Trial
             on_trial(outcome)
 
 
-def _tell_repeat(ctx: SweepContext, study: optuna.Study, trial: optuna.Trial, earlier) -> None:
-    """A proposal of a finished point: Optuna is told the earlier result (nothing trains, no budget is spent)."""
+def tell_repeat(ctx: SweepContext, study: optuna.Study, trial: optuna.Trial, earlier) -> None:
+    """A proposal of a finished point: Optuna is told the earlier result (nothing trains, no budget is
+    spent). Every executor's asking goes through this."""
     trial.set_user_attr(REPEAT_ATTR, earlier.number)
     if "val_acc_std" in earlier.user_attrs:
         trial.set_user_attr("val_acc_std", earlier.user_attrs["val_acc_std"])
@@ -246,8 +247,9 @@ def _tell_repeat(ctx: SweepContext, study: optuna.Study, trial: optuna.Trial, ea
              "is not spent", ctx.sweep_id, trial.number, earlier.number)
 
 
-def _nothing_new(ctx: SweepContext, study: optuna.Study, repeats: int) -> bool:
-    """The search ends before its budget: every point of a finite space finished, or the sampler only repeats."""
+def nothing_new(ctx: SweepContext, study: optuna.Study, repeats: int) -> bool:
+    """The search ends before its budget: every point of a finite space finished, or the sampler only
+    repeats (`repeats` proposals of finished points in a row). Every executor asks this."""
     if exhausted(study, ctx.spec.dimensions):
         message = "every point of the space has finished; the search ends before its budget"
     elif repeats >= MAX_REPEATS_IN_A_ROW:

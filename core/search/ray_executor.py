@@ -29,7 +29,8 @@ from optuna.trial import TrialState
 
 from core.errors import Cancelled, ConfigError, KdlabError
 from core.lifecycle import RunStatus
-from core.search.budget import MAX_REPEATS_IN_A_ROW, REPEAT_ATTR, RUN_ATTR, exhausted, finished_point, tell
+from core.search.budget import RUN_ATTR, finished_point, tell
+from core.search.engine import EPOCHS_ATTR, ROW_ATTR, nothing_new, tell_repeat
 from core.search.ray_trial import (EPOCHS, EVENTS, FINAL, RESULTS, ROW, RUN_KEY, STD, TRIAL_KEY, VALUES, RayPayload,
                                    kdlab_trial)
 from core.search.study import distributions
@@ -41,7 +42,6 @@ from core.train import Event
 log = logging.getLogger(__name__)
 
 ADDRESS_TIMEOUT_S = 3.0   # an address that does not answer a TCP connect in this long is refused
-ROW_ATTR, EPOCHS_ATTR = "row", "epochs"  # as core.search.engine
 
 
 def require_ray():
@@ -112,18 +112,15 @@ def _make_searcher(ctx: SweepContext, study: optuna.Study):
             if len(self.live) >= ctx.spec.workers or ctx.cancel.cancelled:
                 return None  # Tune asks again when a trial ends
             while True:
-                if exhausted(self._ot_study, ctx.spec.dimensions) or self.repeats >= MAX_REPEATS_IN_A_ROW:
-                    ctx.events.emit(Event("info", "sweep", message="no new point is left to try; the search ends "
-                                          "before its budget"))
+                if nothing_new(ctx, self._ot_study, self.repeats):
                     return Searcher.FINISHED
                 params = super().suggest(trial_id)
                 trial = self._ot_trials[trial_id]
                 earlier = None if RUN_ATTR in trial.user_attrs else finished_point(self._ot_study, trial.params)
                 if earlier is None:
                     break
-                trial.set_user_attr(REPEAT_ATTR, earlier.number)
-                tell(self._ot_study, trial, values=earlier.values)
-                del self._ot_trials[trial_id]
+                tell_repeat(ctx, self._ot_study, trial, earlier)
+                del self._ot_trials[trial_id]  # the next ask under this Tune trial id is a new Optuna trial
                 self.repeats += 1
             self.repeats = 0
             point = {d.field: trial.params[d.field] for d in ctx.spec.dimensions}
@@ -230,22 +227,20 @@ def _make_recorder(ctx: SweepContext):
 
         def close_open(self, status: RunStatus) -> None:
             """Run rows of trials Tune left without a complete (it stops them when the experiment ends)."""
-            for trial_id, rec in list(self.recorders.items()):
-                rec.close()
-                ctx.heartbeat.discard(rec.run_id)
-                ctx.store.finish_run(rec.run_id, status)
-                del self.recorders[trial_id]
+            for trial_id in list(self.recorders):
+                self._end(trial_id, status)
 
         def _finish(self, trial, status: RunStatus, *, results: str | None = None, error: str | None = None) -> None:
-            rec = self._recorder(trial)
-            if rec is None:
-                return
-            self._relay(trial, {})
+            if self._recorder(trial) is not None:
+                self._end(trial.trial_id, status, results=results, error=error)
+
+        def _end(self, trial_id: str, status: RunStatus, *, results: str | None = None,
+                 error: str | None = None) -> None:
+            rec = self.recorders.pop(trial_id)
             rec.close()
             ctx.heartbeat.discard(rec.run_id)
             ctx.store.finish_run(rec.run_id, status, error=error,
                                  results=json.loads(results) if results is not None else None)
-            del self.recorders[trial.trial_id]
 
         def __reduce__(self):
             return _Detached, ("TrialRecorder",)
@@ -303,7 +298,7 @@ def run_in_ray(ctx: SweepContext, study: optuna.Study) -> None:
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=max(remaining, 0),
                                     reuse_actors=True),  # a worker process keeps its restored teachers
         run_config=tune.RunConfig(name=ctx.study_name, storage_path=str(ctx.out / "ray"), verbose=0,
-                                  callbacks=[recorder], stop=_CancelStopper(ctx),
+                                  callbacks=[recorder], stop=_cancel_stopper(ctx),
                                   failure_config=tune.FailureConfig(max_failures=1)))
     try:
         if remaining > 0:
@@ -330,7 +325,7 @@ def _scheduler(spec):
     return FIFOScheduler()
 
 
-def _CancelStopper(ctx: SweepContext):
+def _cancel_stopper(ctx: SweepContext):
     """Tune stopper: every trial stops when the search's token is cancelled (Cancel, app shutdown)."""
     from ray.tune import Stopper
 
